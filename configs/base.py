@@ -1,0 +1,92 @@
+"""Defaults shared by every config; each config file states only what differs.
+
+Values follow the official SimCLR code / paper (Chen et al., ICML 2020) unless noted.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "pretrain"  # pretrain | linear_eval | finetune | knn | export
+  c.seed = 0
+
+  # --- data -------------------------------------------------------------------------
+  c.dataset = "cifar10"  # tfds name, "digits" (offline, in-package) or "folder:/path"
+  c.data_dir = ""  # tfds data_dir; "" = tfds default (digits: <workdir>/tfds)
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.batch_size = 512  # global, over all devices and processes
+  c.eval_batch_size = 512
+  c.num_epochs = 100
+  c.num_train_steps = -1  # wins over num_epochs when > 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 32  # output side of a view, px
+  c.data.shuffle_buffer = 10_000
+  c.data.cache = False  # cache decoded examples in memory (small datasets)
+  c.data.deterministic = False  # reproducible order and augmentations given c.seed
+  c.data.prefetch = 4  # batches
+  c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
+
+  # --- augmentation (paper Sec. 3 and Appendix A) -----------------------------------
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop = True
+  c.augment.area_range = (0.08, 1.0)
+  c.augment.aspect_ratio_range = (3 / 4, 4 / 3)
+  c.augment.flip = True
+  c.augment.color_jitter_prob = 0.8
+  c.augment.color_strength = 0.5  # s; 1.0 ImageNet, 0.5 CIFAR-10 (official)
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur = False  # ImageNet only
+  c.augment.blur_prob = 0.5
+  c.augment.blur_sigma_range = (0.1, 2.0)
+  c.augment.blur_kernel_fraction = 0.1  # kernel side / image side
+  c.augment.blur_on = "device"  # "data" (tf.data) | "device" (inside the train step)
+
+  # --- model ------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 18
+  c.model.width_multiplier = 1.0
+  c.model.cifar_stem = True
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
+  c.model.bn_momentum = 0.9
+  c.model.bn_epsilon = 1e-5
+  c.model.global_bn = True  # BN statistics over all devices (paper Sec. 2)
+  c.model.head_mode = "nonlinear"  # none | linear | nonlinear
+  c.model.head_num_layers = 2  # 2 = SimCLR v1, 3 = SimCLR v2
+  c.model.proj_dim = 128
+  c.model.online_probe = True  # linear classifier on stop_gradient(h)
+
+  # --- loss -------------------------------------------------------------------------
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.5
+  c.loss.official_scaling = False  # True: official code's 2x L
+  c.loss.chunks = 1  # >1: gradient-cache NT-Xent over chunks of the global batch
+
+  # --- optimiser --------------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "lars"  # lars | sgd | adamw
+  c.optim.base_lr = 1.0
+  c.optim.lr_scaling = "linear"  # linear: base x B/256; sqrt: base x sqrt(B); none
+  c.optim.warmup_epochs = 10.0
+  c.optim.schedule = "cosine"  # cosine | constant
+  c.optim.weight_decay = 1e-4
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.trust_coefficient = 0.001
+
+  # --- program ----------------------------------------------------------------------
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.init_from = ""
+
+  # --- linear probes after pretraining (logistic regression on frozen h) -------------
+  c.probe = ml_collections.ConfigDict()
+  c.probe.final = False  # run them when pretraining completes
+  c.probe.shots = 5  # labels per class of the few-shot probe
+  c.probe.draws = 10  # seeded few-shot draws averaged
+  c.probe.random_init_baseline = True  # same probes on a randomly initialised encoder  # workdir or checkpoint directory to start evaluation modes from
+  return c

@@ -1,0 +1,38 @@
+"""The offline default (`make demo`): SimCLR on scikit-learn's 1,797 handwritten digits.
+
+Built into <workdir>/tfds on first use, no download. Sized to finish in minutes on two
+CPU cores: a ResNet-18 (CIFAR stem) at a quarter of the width on 32 px views.
+Afterwards linear probes on frozen h (all labels and 5 per class) compare the
+pretrained encoder with a randomly initialised one.
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.dataset = "digits"
+  c.train_split, c.eval_split = "train", "test"
+  c.batch_size = 128
+  c.eval_batch_size = 256
+  c.num_epochs = 30
+  c.data.image_size = 32
+  c.data.cache = True
+  c.data.shuffle_buffer = 2048
+  c.augment.flip = False  # digits are not mirror-symmetric
+  c.augment.area_range = (0.3, 1.0)
+  c.augment.color_strength = 0.5
+  c.augment.blur = False
+  c.model.depth = 18
+  c.model.width_multiplier = 0.25
+  c.model.cifar_stem = True
+  c.loss.temperature = 0.2
+  c.optim.base_lr = 1.0
+  c.optim.lr_scaling = "linear"
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_epochs = 3
+  c.log_every_steps = 10
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 100
+  c.probe.final = True
+  return c

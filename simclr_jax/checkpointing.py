@@ -1,0 +1,68 @@
+"""Orbax checkpoints of a run: train state + step + data position + config, in the workdir.
+
+A checkpoint is written to a temporary directory and renamed when complete (Orbax's
+atomic finalisation), so a run killed mid-save leaves the previous checkpoint as the
+latest complete one and the partial one is never read.
+"""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores `{"state": pytree, "meta": json}` under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> None:
+    """Starts an (asynchronous) save of `state` at `step`; `meta` is JSON-serialisable."""
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      force=force)
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores (state, meta) at `step` (default: latest) with the shardings of `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once JAX's preemption notice arrived (multi-process runs)."""
+    return jax.process_count() > 1 and self.manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) describing `tree`, the restore target."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def checkpoint_dir(path: str) -> str:
+  """Resolves a workdir or a checkpoints directory to the checkpoints directory."""
+  candidate = os.path.join(path, "checkpoints")
+  return candidate if os.path.isdir(candidate) else path
+
+
+def config_meta(config: ml_collections.ConfigDict) -> dict:
+  return {"config": config.to_json_best_effort()}

@@ -1,0 +1,59 @@
+"""Metrics out of a run: TensorBoard event files (clu), `metrics.jsonl`, and the console.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+import json
+import math
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+
+def _plain(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricLog:
+  """Writes `{name: scalar}` records, each tagged with its `step`."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=not self.enabled,
+        asynchronous=False)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    metrics = {k: _plain(v) for k, v in metrics.items()}
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if not self.enabled:
+      return
+    self.writer.write_scalars(step, scalars)
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """All records of a metrics.jsonl file."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(rows: Mapping[str, float], title: str = "") -> str:
+  """A small two-column console table."""
+  width = max([len(k) for k in rows] + [len(title)])
+  lines = [title, "-" * (width + 12)] if title else []
+  for k, v in rows.items():
+    shown = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+    lines.append(f"{k:<{width}}  {shown:>10}")
+  return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Pretraining mode: the loop around the SimCLR step, with checkpoints and metrics.
+
+`pretrain(config, workdir)` resumes from the latest complete checkpoint in `workdir`
+(train state, step = data position, RNG), so re-running an interrupted command
+continues exactly where it stopped.
+"""
+
+import dataclasses
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import PartitionSpec as P
+
+from simclr_jax import checkpointing
+from simclr_jax import input_pipeline
+from simclr_jax import metric_log
+from simclr_jax import models
+from simclr_jax import probe
+from simclr_jax import train_step as ts
+from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient became NaN/inf."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What a pretraining run is built from (everything derived from config + data)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  data_dir: str | None
+  info: Any  # input_pipeline.DatasetInfo
+  mesh: jax.sharding.Mesh
+  model: Any
+  tx: Any
+  schedule: Callable
+  steps_per_epoch: int
+  total_steps: int
+
+
+def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
+  """(steps_per_epoch, total_steps); num_train_steps wins when > 0."""
+  steps_per_epoch = num_train_examples // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"config.batch_size = {config.batch_size} exceeds the "
+                     f"{num_train_examples} examples of split {config.train_split!r}")
+  if config.num_train_steps > 0:
+    return steps_per_epoch, int(config.num_train_steps)
+  return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
+
+
+def build_run(config, workdir: str) -> Run:
+  data_dir = input_pipeline.default_data_dir(config, workdir)
+  info = input_pipeline.dataset_info(config, data_dir=data_dir)
+  steps_per_epoch, total_steps = plan_steps(config, info.num_train_examples)
+  model = models.create_model(
+      config.model, num_classes=info.num_classes if config.model.online_probe else 0,
+      axis_name=AXIS if config.model.global_bn else None)
+  tx, schedule = ts.create_optimizer(config, steps_per_epoch, total_steps)
+  return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
+             steps_per_epoch, total_steps)
+
+
+def init_or_restore(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
+  """A fresh replicated state, or the latest checkpoint's when there is one."""
+  rng = jax.random.PRNGKey(run.config.seed)
+  state = ts.create_train_state(rng, run.model, run.tx, run.config.data.image_size)
+  state = ts.replicate(state, run.mesh)
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(checkpointing.abstract_like(state))
+    logging.info("Resumed from step %d (%s)", int(state.step), ckpt.directory)
+  return state
+
+
+def make_eval_step(model, mesh) -> Callable:
+  """Online-probe top-1/top-5 counts over a masked global eval batch."""
+  def step(state: TrainState, batch):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = model.apply(variables, batch["image"], train=False)["logits"]
+    top5 = jax.lax.top_k(logits, 5)[1] == batch["label"][:, None]
+    mask = batch["mask"].astype(jnp.float32)
+    counts = {"top1": jnp.sum((top5[:, 0]) * mask), "top5": jnp.sum(top5.any(-1) * mask),
+              "count": jnp.sum(mask)}
+    return jax.lax.psum(counts, AXIS)
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                               check_vma=False))
+
+
+def evaluate_probe(run: Run, eval_step, state: TrainState) -> dict[str, float]:
+  ds = input_pipeline.create_eval_dataset(run.config, data_dir=run.data_dir)
+  totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+  for batch in ds.as_numpy_iterator():
+    counts = jax.device_get(eval_step(state, ts.shard_batch(batch, run.mesh)))
+    totals = {k: totals[k] + float(counts[k]) for k in totals}
+  n = max(totals["count"], 1.0)
+  return {"eval_probe_top1": totals["top1"] / n, "eval_probe_top5": totals["top5"] / n}
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (and by JAX's preemption notice on multi-process runs)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      self.requested = True
+    self._previous = signal.signal(signal.SIGTERM, handler)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(step: int, metrics: dict) -> None:
+  for name in ("loss", "grad_norm"):
+    if not np.isfinite(metrics[name]):
+      raise NonFiniteError(f"non-finite {name} = {metrics[name]} at step {step}; the last "
+                           "checkpoint was kept as the latest one")
+
+
+class Throughput:
+  """Images/second and ETA over each logging window."""
+
+  def __init__(self, batch_size: int, start_step: int, total_steps: int):
+    self.batch_size, self.total_steps = batch_size, total_steps
+    self.t0, self.step0 = time.time(), start_step
+
+  def __call__(self, step: int) -> dict[str, float]:
+    now = time.time()
+    seconds_per_step = (now - self.t0) / max(step - self.step0, 1)
+    self.t0, self.step0 = now, step
+    return {"images_per_s": self.batch_size / seconds_per_step,
+            "eta_minutes": (self.total_steps - step) * seconds_per_step / 60}
+
+
+def mean_metrics(window: list[dict]) -> dict[str, float]:
+  host = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
+               log: metric_log.MetricLog) -> TrainState:
+  """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
+  config = run.config
+  start = int(state.step)
+  step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config),
+                                run.mesh)
+  eval_step = make_eval_step(run.model, run.mesh) if config.model.online_probe else None
+  batches = input_pipeline.create_pretrain_dataset(
+      config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
+  meta = checkpointing.config_meta(config)
+  rate, window = Throughput(config.batch_size, start, run.total_steps), []
+  with PreemptionFlag() as preempted:
+    for step in range(start + 1, run.total_steps + 1):
+      state, metrics = step_fn(state, ts.shard_batch(next(batches), run.mesh))
+      window.append(metrics)
+      last = step == run.total_steps
+      if step % config.log_every_steps == 0 or last:
+        summary = mean_metrics(window)
+        window = []
+        check_finite(step, summary)
+        summary.update(rate(step), epoch=step / run.steps_per_epoch)
+        log.write(step, summary)
+        logging.info("step %d/%d: %s", step, run.total_steps,
+                     ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+      if eval_step is not None and (step % config.eval_every_steps == 0 or last):
+        log.write(step, evaluate_probe(run, eval_step, state))
+      stop = preempted.requested or ckpt.reached_preemption(step)
+      if step % config.checkpoint_every_steps == 0 or last or stop:
+        check_finite(step, mean_metrics([metrics]))  # never checkpoint a broken state
+        ckpt.save(step, state, meta)
+      if stop:
+        logging.warning("Preempted: saved step %d, exiting.", step)
+        break
+  return state
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, bool]:
+  """Runs (or resumes) SimCLR pretraining.
+
+  Returns the last replicated state and whether the run reached its final step (False
+  when it stopped early on a preemption signal, after saving).
+  """
+  run = build_run(config, workdir)
+  logging.info("Pretraining %d steps (%d per epoch), global batch %d over %d devices",
+               run.total_steps, run.steps_per_epoch, config.batch_size, jax.device_count())
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  log = metric_log.MetricLog(workdir)
+  try:
+    state = init_or_restore(run, ckpt)
+    state = train_loop(run, state, ckpt, log)
+    ckpt.wait()
+  finally:
+    ckpt.close()
+    log.close()
+  return state, int(state.step) == run.total_steps
+
+
+def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
+  """Linear probes of the pretrained encoder and of a randomly initialised one."""
+  run = build_run(config, workdir)
+  def batches(split):
+    return lambda: input_pipeline.create_eval_dataset(
+        config, data_dir=run.data_dir, split=split).as_numpy_iterator()
+  kwargs = dict(train_batches=batches(config.train_split),
+                test_batches=batches(config.eval_split),
+                shots=config.probe.shots, draws=config.probe.draws)
+  results = {}
+  trained = {"params": state.params, "batch_stats": state.batch_stats}
+  random_init = ts.create_train_state(jax.random.PRNGKey(config.seed + 1), run.model, run.tx,
+                                      config.data.image_size)
+  encoders = [("", trained)]
+  if config.probe.random_init_baseline:
+    encoders.append(("random_init_", {"params": random_init.params,
+                                      "batch_stats": random_init.batch_stats}))
+  for prefix, variables in encoders:
+    acc = probe.probe_encoder(run.model, variables, **kwargs)
+    results[f"{prefix}linear_probe_top1"] = acc["top1"]
+    results[f"{prefix}linear_probe_{config.probe.shots}shot_top1"] = acc["few_shot_top1"]
+  return results
+
+
+def pretrain_and_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """The `pretrain` mode: pretraining, then (config.probe.final) the linear probes."""
+  start = time.time()
+  state, completed = pretrain(config, workdir)
+  if not (completed and config.probe.final):
+    return {}
+  results = final_probes(config, workdir, state)
+  results["wall_minutes"] = (time.time() - start) / 60
+  log = metric_log.MetricLog(workdir)
+  log.write(int(state.step), results)
+  log.close()
+  print(metric_log.format_table(results, title="Linear probes on frozen h (test split)"))
+  return results
