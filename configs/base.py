@@ -81,12 +81,61 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.init_from = ""
+  c.init_from = ""  # workdir or checkpoint directory to start evaluation modes from
 
   # --- linear probes after pretraining (logistic regression on frozen h) -------------
   c.probe = ml_collections.ConfigDict()
   c.probe.final = False  # run them when pretraining completes
   c.probe.shots = 5  # labels per class of the few-shot probe
   c.probe.draws = 10  # seeded few-shot draws averaged
-  c.probe.random_init_baseline = True  # same probes on a randomly initialised encoder  # workdir or checkpoint directory to start evaluation modes from
+  c.probe.random_init_baseline = True  # same probes on a randomly initialised encoder
+
+  # --- evaluation modes: linear_eval | finetune | knn | export -------------------------
+  # (simclr_jax/evaluate.py, knn.py, export.py). They load c.init_from (a pretraining
+  # workdir, its checkpoints/ dir or one checkpoints/<step> dir; "" = --workdir) and take
+  # the model config from that checkpoint, so c.model is not read. Data fields (dataset,
+  # splits, data.*, eval_batch_size, augment.crop/area_range/flip) come from this config.
+  # Defaults: the official ImageNet protocols (Chen et al. 2020, Appendix B.5/B.6).
+  c.linear_eval = ml_collections.ConfigDict()
+  c.linear_eval.batch_size = 4096  # global; CIFAR-10: 512
+  c.linear_eval.num_epochs = 90  # CIFAR-10: 100
+  c.linear_eval.num_train_steps = -1  # wins over num_epochs when > 0
+  # Fast path for sweeps: h of every train image extracted once (no augmentation), the
+  # classifier trained on those; its metrics are named linear_eval_cached_*.
+  c.linear_eval.cached_features = False
+  c.linear_eval.optim = _supervised_optim(base_lr=0.1, weight_decay=1e-6)  # CIFAR-10: wd 0
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.batch_size = 4096
+  c.finetune.num_epochs = 30  # paper: 60 on 1% of the labels, 30 on 10%
+  c.finetune.num_train_steps = -1  # wins over num_epochs when > 0
+  # Class-balanced, seeded (c.seed) fraction of train_split's labels; 1.0 = all. ImageNet
+  # uses the tfds subsets instead (dataset imagenet2012_subset/1pct or /10pct).
+  c.finetune.label_fraction = 0.1
+  # SimCLR v2: 0 = classifier on h; j >= 1 = on the output of projection-head layer j,
+  # those j pretrained layers fine-tuned too (official ft_proj_selector; v2 uses 1).
+  c.finetune.from_projection_layer = 0
+  c.finetune.zero_init_head = False  # official head init: N(0, 0.01^2)
+  c.finetune.optim = _supervised_optim(base_lr=0.05, weight_decay=0.0)
+
+  c.knn = ml_collections.ConfigDict()
+  c.knn.k = 200  # neighbours that vote (instance-discrimination protocol, Wu et al. 2018)
+  c.knn.temperature = 0.1  # vote weight exp(cosine similarity / T)
+  c.knn.query_batch = 256  # queries scored per device call
+  c.knn_every_steps = 0  # kNN monitor during pretraining every N steps; 0 = off
+
+  c.export = ml_collections.ConfigDict()
+  c.export.dir = ""  # "" = <workdir>/export
+  c.export.image_size = -1  # input side of the exported functions; -1 = pretraining's
+  # Lowering targets of the StableHLO in the jax.export artifact and the SavedModel.
+  c.export.platforms = ("cpu", "cuda", "tpu")
   return c
+
+
+def _supervised_optim(*, base_lr: float, weight_decay: float) -> ml_collections.ConfigDict:
+  """Official linear-eval / fine-tuning optimiser: Nesterov momentum 0.9, LR = base x
+  B/256, no warm-up, cosine decay (same fields as c.optim)."""
+  return ml_collections.ConfigDict(dict(
+      name="sgd", base_lr=base_lr, lr_scaling="linear", warmup_epochs=0.0,
+      schedule="cosine", weight_decay=weight_decay, momentum=0.9, nesterov=True,
+      trust_coefficient=0.001))

@@ -25,6 +25,8 @@ class MetricLog:
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if self.enabled:
+      _end_partial_line(self.path)
     self.writer = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), just_logging=not self.enabled,
         asynchronous=False)
@@ -43,10 +45,27 @@ class MetricLog:
     self.writer.close()
 
 
+def _end_partial_line(path: str) -> None:
+  """A run killed mid-write can leave a torn last line: close it so the next starts clean."""
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, "rb+") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        f.write(b"\n")
+
+
 def read_jsonl(path: str) -> list[dict]:
-  """All records of a metrics.jsonl file."""
+  """All complete records of a metrics.jsonl file (torn lines of killed runs skipped)."""
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning("Skipping a torn line of %s: %r", path, line[:80])
+  return records
 
 
 def format_table(rows: Mapping[str, float], title: str = "") -> str:

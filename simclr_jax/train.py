@@ -18,6 +18,7 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpointing
+from simclr_jax import grad_cache
 from simclr_jax import input_pipeline
 from simclr_jax import metric_log
 from simclr_jax import models
@@ -122,7 +123,7 @@ class PreemptionFlag:
 
 
 def check_finite(step: int, metrics: dict) -> None:
-  for name in ("loss", "grad_norm"):
+  for name in ("loss", "grad_norm", "param_norm"):
     if not np.isfinite(metrics[name]):
       raise NonFiniteError(f"non-finite {name} = {metrics[name]} at step {step}; the last "
                            "checkpoint was kept as the latest one")
@@ -153,7 +154,11 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
   config = run.config
   start = int(state.step)
-  step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config),
+  # loss.chunks > 1: the gradient cache (exact NT-Xent, one chunk's activations at a time).
+  grad_fn = (grad_cache.make_chunked_grad_fn(run.model, config) if config.loss.chunks > 1
+             else None)
+  step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config,
+                                                grad_fn=grad_fn),
                                 run.mesh)
   eval_step = make_eval_step(run.model, run.mesh) if config.model.online_probe else None
   batches = input_pipeline.create_pretrain_dataset(

@@ -130,6 +130,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics["learning_rate"] = schedule(state.step)
     metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(params)  # a non-finite update shows here
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

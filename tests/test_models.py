@@ -9,8 +9,6 @@ import textwrap
 
 import simclr_jax  # noqa: F401  (sets the XLA CPU flags before JAX starts)
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,21 +104,43 @@ def relu(x):
   return np.maximum(x, 0)
 
 
-def randomize(variables, seed):
-  """Random BN scales/biases and running stats so every path is non-trivial."""
+def random_variables(model, x, seed, **init_kwargs):
+  """Variables of `model` filled from NumPy, without compiling JAX's initialisers.
+
+  Kernels ~ N(0, 1/fan_in); BN scales, biases and running statistics random so
+  that every path of the network is non-trivial.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False,
+                                             **init_kwargs))
   rng = np.random.default_rng(seed)
 
-  def f(path, leaf):
-    name = path[-1].key
-    shape = leaf.shape
-    if name == "scale":
-      return jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32)
-    if name in ("bias", "mean"):
-      return jnp.asarray(rng.normal(0, 0.2, shape), jnp.float32)
-    if name == "var":
-      return jnp.asarray(rng.uniform(0.5, 2.0, shape), jnp.float32)
-    return leaf
-  return jax.tree_util.tree_map_with_path(f, flax.core.unfreeze(variables))
+  def fill(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name == "kernel":
+      value = rng.normal(0, 1 / math.sqrt(np.prod(shape[:-1])), shape)
+    elif name == "scale":
+      value = rng.uniform(0.5, 1.5, shape)
+    elif name in ("bias", "mean"):
+      value = rng.normal(0, 0.2, shape)
+    elif name == "var":
+      value = rng.uniform(0.5, 2.0, shape)
+    else:
+      raise AssertionError(f"unexpected variable {path}")
+    return jnp.asarray(value, leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def init_except_kernels(model, x, seed=0, **init_kwargs):
+  """model.init's real values for everything but the kernels (None there).
+
+  XLA drops the unused kernel initialisers, whose compilation dominates init's
+  cost on CPU (about 1 s per kernel on this machine).
+  """
+  def f(x):
+    v = model.init(jax.random.key(seed), x, train=False, **init_kwargs)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, a: None if p[-1].key == "kernel" else a, v)
+  return jax.jit(f)(x)
 
 
 def n_params(tree) -> int:
@@ -172,19 +192,26 @@ def test_feature_dim_and_min_image_size():
 # Numerics against NumPy
 # ---------------------------------------------------------------------------------
 
+def jit_apply(model, variables, x, **kwargs):
+  """model.apply compiled as one program (eager flax compiles op by op: slower)."""
+  return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+
+
 @pytest.mark.parametrize("cifar_stem, hw", [(False, (34, 40)), (True, (9, 8))])
 def test_stem_matches_numpy(cifar_stem, hw):
   model = ResNet(18, 0.125, cifar_stem=cifar_stem)
   x = images((2, *hw, 3))
-  variables = randomize(model.init(jax.random.key(1), x, train=False), seed=1)
-  _, inter = model.apply(variables, x, train=False, return_intermediates=True)
+  variables = random_variables(model, x, seed=1)
   p, s = variables["params"], variables["batch_stats"]
+  # Returning the stem alone lets XLA drop (and skip compiling) the rest.
+  stem = jax.jit(lambda v, x: model.apply(v, x, train=False, return_intermediates=True)[1][
+      "stem"])(variables, x)
   y = np_conv_official(np.asarray(x, np.float64), np.asarray(p["stem_conv"]["kernel"]),
                        1 if cifar_stem else 2)
   y = relu(np_bn(y, p["stem_bn"], s["stem_bn"]))
   if not cifar_stem:
     y = np_max_pool_same(y)
-  np.testing.assert_allclose(inter["stem"], y, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stem, y, rtol=1e-4, atol=1e-5)
 
 
 def test_fixed_padding_differs_from_same_on_even_inputs():
@@ -217,18 +244,15 @@ def _np_block(x, p, s, bottleneck, stride):
 def test_blocks_match_numpy(block_cls, stride, proj):
   bottleneck = block_cls is BottleneckBlock
   features = 3
-  cin = 4 * features if (bottleneck and not proj) else (features if not proj else 5)
+  cin = 5 if proj else (4 * features if bottleneck else features)
   block = block_cls(features=features, strides=stride, use_projection=proj)
   x = images((2, 7, 6, cin), seed=2) - 0.5
-  variables = randomize(block.init(jax.random.key(2), x, train=False), seed=2)
-  out = block.apply(variables, x, train=False)
+  variables = random_variables(block, x, seed=2)
+  out = jit_apply(block, variables, x, train=False)
   ref = _np_block(np.asarray(x, np.float64), variables["params"],
                   variables["batch_stats"], bottleneck, stride)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
-  if bottleneck:
-    # Stride on the 3x3 conv (v1.5), not on the first 1x1.
-    assert variables["params"]["conv2"]["kernel"].shape[:2] == (3, 3)
 
 
 @pytest.mark.parametrize("block_cls", [BasicBlock, BottleneckBlock])
@@ -238,9 +262,14 @@ def test_block_is_identity_at_init(block_cls):
   cin = 4 * features if block_cls is BottleneckBlock else features
   block = block_cls(features=features)
   x = images((4, 6, 6, cin), seed=3) - 0.5
-  variables = block.init(jax.random.key(3), x, train=False)
-  for train in (False, True):
-    out, _ = block.apply(variables, x, train=train, mutable=["batch_stats"])
+
+  initial = init_except_kernels(block, x)
+  kernels = random_variables(block, x, seed=3)
+  variables = jax.tree.map(lambda a, k: k if a is None else a, initial, kernels,
+                           is_leaf=lambda a: a is None)
+  outs = jax.jit(lambda v, x: [block.apply(v, x, train=t, mutable=["batch_stats"])[0]
+                               for t in (False, True)])(variables, x)
+  for out in outs:
     np.testing.assert_array_equal(out, np.maximum(np.asarray(x), 0))
 
 
@@ -256,15 +285,18 @@ def _ceil_half(n, times):
 
 @pytest.mark.parametrize("depth, cifar_stem, hw", [
     (18, True, (8, 8)), (18, True, (13, 10)), (50, False, (32, 32)),
-    (50, False, (45, 33))])
-def test_encoder_shapes_intermediates_and_zero_init(depth, cifar_stem, hw):
+    (50, False, (45, 33)), (34, False, (64, 48))])
+def test_encoder_output_and_intermediate_shapes(depth, cifar_stem, hw):
   w = 0.125
   model = ResNet(depth, w, cifar_stem=cifar_stem)
-  x = images((2, *hw, 3), seed=4)
-  variables = model.init(jax.random.key(4), x, train=False)
-  (h, inter), updates = model.apply(variables, x, train=True, return_intermediates=True,
-                                    mutable=["batch_stats"])
+  x = jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  (h, inter), updates = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, return_intermediates=True,
+                               mutable=["batch_stats"]), variables, x)
   assert h.shape == (2, feature_dim(depth, w)) and h.dtype == jnp.float32
+  assert jax.tree.map(lambda a: a.shape, updates["batch_stats"]) == jax.tree.map(
+      lambda a: a.shape, variables["batch_stats"])
   expansion = 4 if depth >= 50 else 1
   stem_down = 0 if cifar_stem else 2
   assert inter["stem"].shape == (2, _ceil_half(hw[0], stem_down),
@@ -274,37 +306,59 @@ def test_encoder_shapes_intermediates_and_zero_init(depth, cifar_stem, hw):
     c = int(64 * 2 ** (stage - 1) * w) * expansion
     assert inter[f"block{stage}"].shape == (
         2, _ceil_half(hw[0], down), _ceil_half(hw[1], down), c)
+
+
+def test_encoder_forward_and_running_statistics():
+  model = ResNet(18, 0.125, cifar_stem=True)
+  x = images((4, 8, 8, 3), seed=4)
+  variables = random_variables(model, x, seed=4)
+  ((h, inter), updates), h_eval = jax.jit(lambda v, x: (
+      model.apply(v, x, train=True, return_intermediates=True, mutable=["batch_stats"]),
+      model.apply(v, x, train=False)))(variables, x)
   np.testing.assert_allclose(h, np.asarray(inter["block4"]).mean(axis=(1, 2)),
                              rtol=1e-5, atol=1e-6)
-  # Training mode moves the running statistics (by momentum 0.9).
-  old = variables["batch_stats"]["stem_bn"]["mean"]
-  new = updates["batch_stats"]["stem_bn"]["mean"]
-  batch_mean = (new - 0.9 * old) / 0.1
-  assert np.abs(batch_mean).max() > 1e-3
+  # Training mode: running mean <- 0.9 running mean + 0.1 batch mean (NumPy stem).
+  p, s = variables["params"], variables["batch_stats"]
+  conv = np_conv_official(np.asarray(x, np.float64), np.asarray(p["stem_conv"]["kernel"]), 1)
+  np.testing.assert_allclose(updates["batch_stats"]["stem_bn"]["mean"],
+                             0.9 * s["stem_bn"]["mean"] + 0.1 * conv.mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(updates["batch_stats"]["stem_bn"]["var"],
+                             0.9 * s["stem_bn"]["var"] + 0.1 * conv.var(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  assert not np.allclose(h, h_eval)  # eval mode uses the running statistics
 
+
+@pytest.mark.parametrize("depth, cifar_stem, side", [(18, True, 8), (50, False, 32)])
+def test_encoder_init(depth, cifar_stem, side):
+  model = ResNet(depth, 0.125, cifar_stem=cifar_stem)
+  x = jnp.zeros((1, side, side, 3))
+  variables = init_except_kernels(model, x, seed=5)
+  params = variables["params"]
   # Zero-init: the last BN of every block, and only it, starts with gamma = 0.
   last_bn = "bn3" if depth >= 50 else "bn2"
-  blocks = [k for k in variables["params"] if k.startswith("block")]
+  blocks = [k for k in params if k.startswith("block")]
   assert len(blocks) == sum(_ARCH[depth][1])
   for name in blocks:
-    for bn, p in variables["params"][name].items():
+    for bn, p in params[name].items():
       if "bn" in bn:
-        expected = 0.0 if bn == last_bn else 1.0
-        np.testing.assert_array_equal(p["scale"], expected, err_msg=f"{name}/{bn}")
-  # No conv has a bias.
-  for path, _ in jax.tree_util.tree_leaves_with_path(variables["params"]):
+        np.testing.assert_array_equal(p["scale"], 0.0 if bn == last_bn else 1.0,
+                                      err_msg=f"{name}/{bn}")
+        np.testing.assert_array_equal(p["bias"], 0.0)
+  np.testing.assert_array_equal(params["stem_bn"]["scale"], 1.0)
+  # No conv has a bias; kernels ~ truncated N(0, 1/fan_in) (tf.keras VarianceScaling()).
+  for path, _ in jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda a: a is None):
     keys = [k.key for k in path]
     assert not (any("conv" in k for k in keys) and keys[-1] == "bias"), keys
-
-
-def test_conv_init_is_fan_in_variance_scaling():
-  model = ResNet(18, 1.0, cifar_stem=True)
-  variables = jax.jit(lambda x: model.init(jax.random.key(5), x, train=False))(
-      jnp.zeros((1, 8, 8, 3)))
-  kernel = np.asarray(variables["params"]["block4_0"]["conv1"]["kernel"])  # 3x3x256x512
-  fan_in = 3 * 3 * 256
-  assert abs(kernel.std() - math.sqrt(1.0 / fan_in)) / math.sqrt(1.0 / fan_in) < 0.02
-  assert np.abs(kernel).max() <= 2 * math.sqrt(1.0 / fan_in) / 0.8796 + 1e-6  # truncated
+  kernel = np.asarray(jax.jit(  # one kernel only: one initialiser to compile
+      lambda x: model.init(jax.random.key(5), x, train=False)[
+          "params"]["block4_1"]["conv2"]["kernel"])(x))  # 3x3x64x64
+  std = math.sqrt(1.0 / np.prod(kernel.shape[:-1]))
+  assert abs(kernel.std() / std - 1) < 0.03, kernel.std() / std
+  assert np.abs(kernel).max() <= 2 * std / 0.87962566 + 1e-6  # truncated at 2 sigma
+  # Running statistics start at mean 0, variance 1.
+  for path, stat in jax.tree_util.tree_leaves_with_path(variables["batch_stats"]):
+    np.testing.assert_array_equal(stat, 0.0 if path[-1].key == "mean" else 1.0)
 
 
 # ---------------------------------------------------------------------------------
@@ -314,21 +368,24 @@ def test_conv_init_is_fan_in_variance_scaling():
 @pytest.mark.parametrize("num_layers", [2, 3])
 def test_nonlinear_head_structure(num_layers):
   head = ProjectionHead("nonlinear", num_layers=num_layers, out_dim=6)
-  h = images((5, 10), seed=6)
-  variables = head.init(jax.random.key(6), h, train=False)
-  p = variables["params"]
+  h = images((5, 32), seed=6)
+  p = jax.eval_shape(lambda: head.init(jax.random.key(6), h, train=False))["params"]
   assert sorted(p) == sorted([f"dense_{j}" for j in range(num_layers)]
                              + [f"bn_{j}" for j in range(num_layers)])
   for j in range(num_layers):
     last = j == num_layers - 1
     assert set(p[f"dense_{j}"]) == {"kernel"}  # no Dense bias
-    assert p[f"dense_{j}"]["kernel"].shape == (10, 6 if last else 10)
+    assert p[f"dense_{j}"]["kernel"].shape == (32, 6 if last else 32)
     assert set(p[f"bn_{j}"]) == ({"scale"} if last else {"scale", "bias"})
-  assert 0.005 < float(np.std(p["dense_0"]["kernel"])) < 0.015  # N(0, 0.01^2)
+  kernel = jax.jit(lambda h: head.init(jax.random.key(6), h, train=False)[
+      "params"]["dense_0"]["kernel"])(h)
+  assert abs(float(np.std(kernel)) - 0.01) < 0.001  # N(0, 0.01^2)
+  assert abs(float(np.mean(kernel))) < 0.001
 
-  variables = randomize(variables, seed=6)
-  (z, hiddens), _ = head.apply(variables, h, train=True, return_hidden=True,
-                               mutable=["batch_stats"])
+  variables = random_variables(head, h, seed=6)
+  p = variables["params"]
+  (z, hiddens), _ = jit_apply(head, variables, h, train=True, return_hidden=True,
+                              mutable=["batch_stats"])
   # NumPy reference, training-mode BN (biased batch variance).
   def bn_train(y, bp):
     y = (y - y.mean(0)) / np.sqrt(y.var(0) + EPS) * bp["scale"]
@@ -336,7 +393,7 @@ def test_nonlinear_head_structure(num_layers):
   y = np.asarray(h, np.float64)
   ref = [y]
   for j in range(num_layers):
-    y = bn_train(y @ np.asarray(p[f"dense_{j}"]["kernel"]), variables["params"][f"bn_{j}"])
+    y = bn_train(y @ np.asarray(p[f"dense_{j}"]["kernel"]), p[f"bn_{j}"])
     if j < num_layers - 1:
       y = relu(y)
     ref.append(y)
@@ -349,11 +406,16 @@ def test_nonlinear_head_structure(num_layers):
 def test_linear_and_none_heads():
   h = images((4, 8), seed=7)
   linear = ProjectionHead("linear", out_dim=3)
-  variables = linear.init(jax.random.key(7), h, train=False)
+  variables = jax.eval_shape(lambda: linear.init(jax.random.key(7), h, train=False))
   p = variables["params"]
   assert set(p) == {"dense_0", "bn_0"} and set(p["bn_0"]) == {"scale"}
   assert set(p["dense_0"]) == {"kernel"} and p["dense_0"]["kernel"].shape == (8, 3)
-  assert linear.apply(variables, h, train=False).shape == (4, 3)
+  variables = random_variables(linear, h, seed=7)
+  z = jit_apply(linear, variables, h, train=False)
+  p, s = variables["params"], variables["batch_stats"]
+  np.testing.assert_allclose(
+      z, np_bn(np.asarray(h, np.float64) @ p["dense_0"]["kernel"], p["bn_0"], s["bn_0"]),
+      rtol=1e-4, atol=1e-5)
 
   none = ProjectionHead("none")
   variables = none.init(jax.random.key(7), h, train=False)
@@ -385,50 +447,54 @@ def test_online_classifier_does_not_change_encoder_gradients():
   model = _tiny_model(num_classes=5)
   x = images((8, 8, 8, 3), seed=8)
   labels = jnp.arange(8) % 5
-  variables = randomize(model.init(jax.random.key(8), x, train=False), seed=8)
+  variables = random_variables(model, x, seed=8)
   params, stats = variables["params"], variables["batch_stats"]
   assert set(params) == {"encoder", "head", "classifier"}
   assert set(params["classifier"]) == {"kernel", "bias"}
 
+  ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
   def loss(params, probe):
     out, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                          mutable=["batch_stats"])
-    l = _nt_xent(out["z"])
-    if probe == "stop_gradient":
-      l += optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
-    elif probe == "no_stop_gradient":  # control: the same probe fed h directly
-      c = params["classifier"]
-      logits = out["h"] @ c["kernel"] + c["bias"]
-      l += optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return l
+    return _nt_xent(out["z"]) + (ce(out["logits"]) if probe else 0.0), out["h"]
 
-  g_plain = jax.grad(loss)(params, "none")
-  g_probe = jax.grad(loss)(params, "stop_gradient")
-  g_leak = jax.grad(loss)(params, "no_stop_gradient")
+  def probe_loss_of_h(h):  # control: the probe's loss fed h without stop_gradient
+    c = params["classifier"]
+    return ce(h @ c["kernel"] + c["bias"])
+
+  # One program for both gradients: a single (slow) CPU compilation.
+  (g_plain, _), (g_probe, h) = jax.jit(lambda p: [
+      jax.grad(loss, has_aux=True)(p, probe) for probe in (False, True)])(params)
   for part in ("encoder", "head"):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
                  g_plain[part], g_probe[part])
+  assert max(float(np.abs(a).max()) for a in jax.tree.leaves(g_plain["encoder"])) > 1e-4
   assert np.abs(g_probe["classifier"]["kernel"]).max() > 0
-  leaf_diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
-                           g_plain["encoder"], g_leak["encoder"])
-  assert max(jax.tree.leaves(leaf_diff)) > 1e-6  # the control does leak
+  # Without stop_gradient the probe's loss would push on h, hence on the encoder.
+  assert np.abs(jax.grad(probe_loss_of_h)(h)).max() > 1e-4
 
 
 def test_encode_method_and_outputs():
   model = _tiny_model(num_classes=3)
   x = images((4, 8, 8, 3), seed=9)
-  variables = model.init(jax.random.key(9), x, train=False)
-  out = model.apply(variables, x, train=False)
+  variables = random_variables(model, x, seed=9)
+  out, h = jax.jit(lambda v, x: (model.apply(v, x, train=False),
+                                 model.apply(v, x, train=False, method="encode")))(
+                                     variables, x)
   assert set(out) == {"h", "z", "logits"}
   assert out["h"].shape == (4, 64) and out["z"].shape == (4, 8)
   assert out["logits"].shape == (4, 3)
   assert all(v.dtype == jnp.float32 for v in out.values())
-  h = model.apply(variables, x, train=False, method="encode")
   np.testing.assert_array_equal(h, out["h"])
+  c = variables["params"]["classifier"]
+  np.testing.assert_allclose(out["logits"], np.asarray(h) @ c["kernel"] + c["bias"],
+                             rtol=1e-5, atol=1e-6)
   no_probe = _tiny_model()
-  assert "classifier" not in no_probe.init(jax.random.key(9), x, train=False)["params"]
-  assert "logits" not in no_probe.apply(
-      no_probe.init(jax.random.key(9), x, train=False), x, train=False)
+  v = jax.eval_shape(lambda: no_probe.init(jax.random.key(9), x, train=False))
+  assert set(v["params"]) == {"encoder", "head"}
+  out = jax.eval_shape(lambda v: no_probe.apply(v, x, train=False), v)
+  assert set(out) == {"h", "z"}
 
 
 def test_create_model_from_base_config():
@@ -449,27 +515,56 @@ def test_create_model_from_base_config():
     create_model(m)
 
 
+def _primitive_input_dtypes(jaxpr, names):
+  """Input dtypes of each equation named in `names`, sub-jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in names:
+      found.append({v.aval.dtype for v in eqn.invars})
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          found += _primitive_input_dtypes(sub.jaxpr, names)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          found += _primitive_input_dtypes(sub, names)
+  return found
+
+
 def test_bfloat16_compute_float32_params_and_outputs():
-  x = images((8, 16, 16, 3), seed=10)
+  x = images((16, 16, 16, 3), seed=10)
   m32 = _tiny_model(width_multiplier=0.25)
   m16 = _tiny_model(width_multiplier=0.25, dtype=jnp.bfloat16)
-  v32 = m32.init(jax.random.key(10), x, train=False)
-  v16 = m16.init(jax.random.key(10), x, train=False)
+  v16 = jax.eval_shape(lambda: m16.init(jax.random.key(10), x, train=False))
+  variables = random_variables(m32, x, seed=10)
+  # Same variables, all float32.
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), v16) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), variables)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v16))
-  jax.tree.map(np.testing.assert_array_equal, v32, v16)  # same parameters
-  variables = randomize(v32, seed=10)
-  o32, s32 = m32.apply(variables, x, train=True, mutable=["batch_stats"])
-  o16, s16 = m16.apply(variables, x, train=True, mutable=["batch_stats"])
-  _, inter16 = m16.apply(
-      variables, x, method=lambda m, x: m.encoder(x, False, return_intermediates=True))
-  assert inter16["block4"].dtype == jnp.bfloat16  # compute really is bf16
+  _, inter16 = jax.eval_shape(lambda: m16.apply(
+      variables, x, method=lambda m, x: m.encoder(x, False, return_intermediates=True)))
+  assert inter16["block4"].dtype == jnp.bfloat16
+  # Every convolution and matmul really runs in bf16.
+  ops = _primitive_input_dtypes(
+      jax.make_jaxpr(lambda v, x: m16.apply(v, x, train=False))(variables, x).jaxpr,
+      ("conv_general_dilated", "dot_general"))
+  # ResNet-18: stem + 8 blocks x 2 + 4 projections = 21 convs; 2 head layers.
+  assert len(ops) == 21 + 2 and all(d == {jnp.dtype(jnp.bfloat16)} for d in ops), ops
+
+  def run(model):
+    return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
+  (o32, s32), (o16, s16) = run(m32), run(m16)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(s16))
-  for key in ("h", "z"):
+  for key, tol in (("h", 0.05), ("z", 0.1)):  # measured: 0.019 and 0.045
     assert o16[key].dtype == jnp.float32
     rel = np.linalg.norm(o16[key] - o32[key]) / np.linalg.norm(o32[key])
-    # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%); over ~20 layers with
-    # BN the error stays within a few percent.
-    assert 0 < rel < 0.05, (key, rel)
+    # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%); ~20 layers of
+    # rounding add up to a few percent, more in z whose BN divides by the small
+    # spread of a 16-image batch.
+    assert 0 < rel < tol, (key, rel)
+  stat_rel = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-6))
+                 for a, b in zip(jax.tree.leaves(s16), jax.tree.leaves(s32)))
+  assert stat_rel < 0.05, stat_rel
 
 
 # ---------------------------------------------------------------------------------
@@ -488,13 +583,16 @@ _SHARD_MAP_SCRIPT = textwrap.dedent("""
               proj_dim=8)
     single = SimCLRModel(**kw)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 3)), jnp.float32)
-    variables = single.init(jax.random.key(0), x, train=False)
+    # Random variables from NumPy (compiling JAX's initialisers is slow on CPU);
+    # non-zero gammas everywhere so that every BN shapes the outputs.
+    shapes = jax.eval_shape(lambda: single.init(jax.random.key(0), x, train=False))
     rng = np.random.default_rng(1)
-    # Non-zero gammas everywhere so that every BN shapes the outputs.
     variables = jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32)
-        if p[-1].key == "scale" else v, variables)
-    out, upd = single.apply(variables, x, train=True, mutable=["batch_stats"])
+        lambda p, s: jnp.asarray(
+            rng.uniform(0.5, 1.5, s.shape) if p[-1].key in ("scale", "var")
+            else rng.normal(0, 0.3, s.shape), jnp.float32), shapes)
+    out, upd = jax.jit(lambda v, x: single.apply(v, x, train=True,
+                                                 mutable=["batch_stats"]))(variables, x)
 
     mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
     def run(axis_name):
@@ -508,15 +606,14 @@ _SHARD_MAP_SCRIPT = textwrap.dedent("""
                         check_vma=axis_name is not None)
       return jax.jit(g)(variables, x)
 
-    def maxdiff(a, b):
-      return max(float(np.abs(np.asarray(p) - np.asarray(q)).max())
+    def maxdiff(a, b):  # largest error relative to each array's largest value
+      return max(float(np.abs(np.asarray(p) - np.asarray(q)).max() / np.abs(q).max())
                  for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     h, z, stats = run("batch")
     h_local, z_local, _ = run(None)
     print("RESULT", json.dumps(dict(
         h=maxdiff(h, out["h"]), z=maxdiff(z, out["z"]),
         stats=maxdiff(stats, upd["batch_stats"]),
-        h_scale=float(np.abs(np.asarray(out["h"])).max()),
         z_local=maxdiff(z_local, out["z"]))))
 """)
 
@@ -529,8 +626,8 @@ def test_global_bn_under_shard_map_matches_single_device():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   r = json.loads(line[len("RESULT "):])
-  assert r["h_scale"] > 0.1
-  assert r["h"] < 1e-5 and r["z"] < 1e-4 and r["stats"] < 1e-5, r
+  # Same numbers up to float32 reduction order (largest error / largest value).
+  assert r["h"] < 2e-5 and r["z"] < 2e-5 and r["stats"] < 2e-5, r
   # Per-device BN (no axis_name) sees 2 images per device and gives other outputs.
   assert r["z_local"] > 1e-2, r
 

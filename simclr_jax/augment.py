@@ -1,0 +1,554 @@
+"""SimCLR's view augmentations (paper Appendix A), in TensorFlow for the tf.data pipeline.
+
+The semantics are those of the official TF code: a random resized crop drawn like
+`tf.image.sample_distorted_bounding_box` (bicubic resize, no antialias), a horizontal
+flip, colour jitter (brightness, contrast, saturation, hue in a random order per image,
+clipped after each) applied with some probability, grayscale, optional Gaussian blur,
+final clip to [0, 1].
+
+The cost is arranged differently, for speed on a few host cores:
+- Every random number of a view comes from one stateless uniform draw keyed by a
+  per-example seed (`view_uniforms`), so a view depends only on (image, seed): the same
+  whatever the batch it lands in, which makes resumed and multi-process streams exact.
+- The crop sampler is vectorised over its 100 attempts (and over a batch), a
+  reimplementation of the op's kernel; `sample_crop_window` is tested against the op.
+- Fixed-size images (CIFAR-like) are cropped, resized and flipped as a batch of two
+  matrix products per view; JPEGs are decoded only inside the two views' window.
+- Colour, grayscale and blur run as one XLA program per batch that loops over the
+  views and runs, for each, only the operations it draws (saturation and hue in RGB,
+  equal to tf.image's HSV definitions; a separable blur kernel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+# The per-view vector of uniforms: 4 x max_attempts for the crop sampler, then these.
+_FLIP, _COLOR, _PERM, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = (
+    0, 1, 2, 6, 7, 8, 9, 10, 11, 12)
+_NUM_EXTRA = 13
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's
+EVAL_CROP_PROPORTION = 0.875  # centre crop of the official code
+
+
+def hide_accelerators() -> None:
+  """Keeps TensorFlow (tf.data) off GPUs/TPUs: they belong to JAX."""
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # already initialised, or no such device type: nothing to hide
+
+
+hide_accelerators()
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """Everything that defines the distribution of one view; hashable (keys traces)."""
+  image_size: int
+  crop: bool = True
+  area_range: tuple[float, float] = (0.08, 1.0)
+  aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
+  min_object_covered: float = 0.1
+  max_attempts: int = 100
+  flip: bool = True
+  color_jitter_prob: float = 0.8
+  color_strength: float = 1.0
+  grayscale_prob: float = 0.2
+  blur: bool = False  # blur here, in tf.data (config.augment.blur_on == "data")
+  blur_prob: float = 0.5
+  blur_sigma_range: tuple[float, float] = (0.1, 2.0)
+  blur_kernel_fraction: float = 0.1
+
+  @property
+  def num_uniforms(self) -> int:
+    return 4 * self.max_attempts + _NUM_EXTRA
+
+  @property
+  def colors(self) -> bool:
+    return self.color_jitter_prob > 0 and self.color_strength > 0
+
+  @classmethod
+  def pretrain(cls, config) -> "ViewSpec":
+    """The SimCLR view of `config.augment` (blur here only when blur_on == "data")."""
+    a = config.augment
+    return cls(image_size=int(config.data.image_size), crop=bool(a.crop),
+               area_range=tuple(float(v) for v in a.area_range),
+               aspect_ratio_range=tuple(float(v) for v in a.aspect_ratio_range),
+               flip=bool(a.flip), color_jitter_prob=float(a.color_jitter_prob),
+               color_strength=float(a.color_strength),
+               grayscale_prob=float(a.grayscale_prob),
+               blur=bool(a.blur) and a.blur_on == "data", blur_prob=float(a.blur_prob),
+               blur_sigma_range=tuple(float(v) for v in a.blur_sigma_range),
+               blur_kernel_fraction=float(a.blur_kernel_fraction))
+
+  @classmethod
+  def crop_flip(cls, config) -> "ViewSpec":
+    """Linear-eval / fine-tune training view: random resized crop and flip only."""
+    return dataclasses.replace(cls.pretrain(config), color_jitter_prob=0.0,
+                               grayscale_prob=0.0, blur=False)
+
+
+def blur_radius(image_size: int, kernel_fraction: float) -> int:
+  """Half-width of the blur kernel: side int(fraction * size) made odd (23 at 224 px)."""
+  return int(kernel_fraction * image_size) // 2
+
+
+def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
+  """Normalised 1-D Gaussian taps [..., 2 radius + 1] for sigma [...] (pixels)."""
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  k = tf.exp(-tf.square(x) / (2.0 * tf.square(sigma[..., None])))
+  return k / tf.reduce_sum(k, axis=-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------
+# Random numbers
+# ----------------------------------------------------------------------------------
+
+def view_uniforms(seed: tf.Tensor, num_views: int, spec: ViewSpec) -> tf.Tensor:
+  """All random numbers of `num_views` views of one example: [num_views, K] in [0, 1).
+
+  `seed` is a stateless-RNG seed, shape [2] integer.
+  """
+  return tf.random.stateless_uniform([num_views, spec.num_uniforms], seed=seed,
+                                     dtype=tf.float32)
+
+
+def _extra(u: tf.Tensor, spec: ViewSpec, index: int) -> tf.Tensor:
+  return u[..., 4 * spec.max_attempts + index]
+
+
+def color_params(u: tf.Tensor, spec: ViewSpec) -> dict[str, tf.Tensor]:
+  """Per-view colour/grayscale/blur draws from uniforms u [..., K]; each [...]."""
+  s = spec.color_strength
+
+  def between(index, lo, hi):
+    return lo + _extra(u, spec, index) * (hi - lo)
+
+  keys = u[..., 4 * spec.max_attempts + _PERM:4 * spec.max_attempts + _PERM + 4]
+  return {
+      "color": _extra(u, spec, _COLOR) < spec.color_jitter_prob,
+      # A uniformly random order of (brightness, contrast, saturation, hue).
+      "order": tf.argsort(keys, axis=-1, stable=True),
+      "brightness": between(_BRIGHT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
+      "contrast": between(_CONTRAST, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
+      "saturation": between(_SAT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
+      "hue": between(_HUE, -0.2 * s, 0.2 * s),
+      "gray": _extra(u, spec, _GRAY) < spec.grayscale_prob,
+      "blur": _extra(u, spec, _BLUR) < spec.blur_prob,
+      "sigma": between(_SIGMA, *spec.blur_sigma_range),
+  }
+
+
+def flip_draw(u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """Whether each view is mirrored left-right: bool [...]."""
+  if not spec.flip:
+    return tf.zeros_like(_extra(u, spec, _FLIP), dtype=tf.bool)
+  return _extra(u, spec, _FLIP) < 0.5
+
+
+# ----------------------------------------------------------------------------------
+# Crop windows
+# ----------------------------------------------------------------------------------
+
+def sample_crop_window(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                       spec: ViewSpec) -> tf.Tensor:
+  """Random resized crop windows, as `tf.image.sample_distorted_bounding_box`.
+
+  The bounding box is the whole image; an attempt draws an aspect ratio w/h, then a
+  height uniform in the integers allowed by the area range, then an offset; the first
+  attempt whose area is inside the range and covers >= min_object_covered of the image
+  wins, else the whole image. Vectorised over the attempts (and any leading axes).
+
+  Args:
+    u: uniforms [..., K] from `view_uniforms`.
+    height, width: image size in pixels, int [...] (broadcastable to u[..., 0]).
+    spec: the view distribution.
+
+  Returns:
+    int32 [..., 4]: (offset_y, offset_x, crop_height, crop_width).
+  """
+  n = spec.max_attempts
+  img_h = tf.cast(height, tf.float32)[..., None] + tf.zeros_like(u[..., :1])
+  img_w = tf.cast(width, tf.float32)[..., None] + tf.zeros_like(u[..., :1])
+  # The official code scales the range by the output's aspect ratio (1: square views).
+  lo, hi = spec.aspect_ratio_range
+  ratio = lo + u[..., 0:n] * (hi - lo)
+  img_area = img_h * img_w
+  min_area = spec.area_range[0] * img_area
+  max_area = spec.area_range[1] * img_area
+  crop_h = tf.math.rint(tf.sqrt(min_area / ratio))
+  max_h = tf.math.rint(tf.sqrt(max_area / ratio))
+  # The largest height whose rounded width still fits.
+  fit = tf.floor((img_w + (0.5 - 1e-7)) / ratio)
+  fit = tf.where(tf.math.rint(fit * ratio) > img_w, fit - 1.0, fit)
+  max_h = tf.where(tf.math.rint(max_h * ratio) > img_w, fit, max_h)
+  max_h = tf.minimum(max_h, img_h)
+  crop_h = tf.minimum(crop_h, max_h)
+  span = max_h - crop_h + 1.0
+  crop_h += tf.minimum(tf.floor(u[..., n:2 * n] * span), span - 1.0)
+  crop_w = tf.math.rint(crop_h * ratio)
+  # The kernel's rounding repairs: one pixel taller if too small, shorter if too big.
+  grow = crop_w * crop_h < min_area
+  crop_h = tf.where(grow, crop_h + 1.0, crop_h)
+  crop_w = tf.where(grow, tf.math.rint(crop_h * ratio), crop_w)
+  shrink = crop_w * crop_h > max_area
+  crop_h = tf.where(shrink, crop_h - 1.0, crop_h)
+  crop_w = tf.where(shrink, tf.math.rint(crop_h * ratio), crop_w)
+  area = crop_w * crop_h
+  ok = ((area >= min_area) & (area <= max_area) & (crop_w <= img_w) & (crop_h <= img_h)
+        & (crop_w > 0) & (crop_h > 0)
+        & (area >= tf.maximum(1.0, spec.min_object_covered * img_area)))
+  off_y = tf.minimum(tf.floor(u[..., 2 * n:3 * n] * (img_h - crop_h)),
+                     tf.maximum(img_h - crop_h - 1.0, 0.0))
+  off_x = tf.minimum(tf.floor(u[..., 3 * n:4 * n] * (img_w - crop_w)),
+                     tf.maximum(img_w - crop_w - 1.0, 0.0))
+  first = tf.one_hot(tf.argmax(tf.cast(ok, tf.int32), axis=-1), n, dtype=tf.float32)
+  window = tf.stack([tf.reduce_sum(v * first, axis=-1)
+                     for v in (off_y, off_x, crop_h, crop_w)], axis=-1)
+  whole = tf.stack([tf.zeros_like(img_h[..., 0]), tf.zeros_like(img_w[..., 0]),
+                    img_h[..., 0], img_w[..., 0]], axis=-1)
+  window = tf.where(tf.reduce_any(ok, axis=-1)[..., None], window, whole)
+  return tf.cast(window, tf.int32)
+
+
+def center_window(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
+  """The central size x size window (no crop augmentation): int32 [..., 4]."""
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  s = tf.fill(tf.shape(height), size)
+  return tf.stack([(height - size) // 2, (width - size) // 2, s, s], axis=-1)
+
+
+def eval_window(height: tf.Tensor, width: tf.Tensor,
+                proportion: float = EVAL_CROP_PROPORTION) -> tf.Tensor:
+  """The official eval crop: a centred square of `proportion` x the shorter side."""
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  side = tf.cast(tf.math.rint(proportion * tf.minimum(h, w)), tf.int32)
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side], axis=-1)
+
+
+# ----------------------------------------------------------------------------------
+# Resizing
+# ----------------------------------------------------------------------------------
+
+def _keys_cubic(d: tf.Tensor, a: float = -0.5) -> tf.Tensor:
+  """Keys' cubic convolution kernel (tf.image's bicubic) at distances d >= 0."""
+  d2, d3 = d * d, d * d * d
+  near = (a + 2.0) * d3 - (a + 3.0) * d2 + 1.0
+  far = a * d3 - 5.0 * a * d2 + 8.0 * a * d - 4.0 * a
+  return tf.where(d <= 1.0, near, tf.where(d < 2.0, far, 0.0))
+
+
+def resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size: int,
+                  out_size: int) -> tf.Tensor:
+  """Bicubic resampling of the window [offset, offset + length) to out_size samples.
+
+  Row i of the result holds the weights that tf.image.resize(method="bicubic",
+  antialias=False) gives the input pixels for output pixel i, after cropping the
+  window: half-pixel centres, Keys a = -0.5, taps outside the window dropped and the
+  rest renormalised.
+
+  Args:
+    offset, length: window start and size along this axis, [...] (any numeric dtype).
+    in_size: the full input size along this axis.
+    out_size: the output size.
+
+  Returns:
+    float32 [..., out_size, in_size].
+  """
+  offset = tf.cast(offset, tf.float32)[..., None, None]
+  length = tf.cast(length, tf.float32)[..., None, None]
+  i = tf.range(out_size, dtype=tf.float32)[:, None]
+  src = offset + (i + 0.5) * (length / out_size) - 0.5  # [..., S, 1]
+  base = tf.floor(src)
+  step = tf.constant([-1.0, 0.0, 1.0, 2.0])
+  taps = base + step  # [..., S, 4]
+  w = _keys_cubic(tf.abs(src - taps))
+  w = tf.where((taps >= offset) & (taps <= offset + length - 1.0), w, 0.0)
+  w = w / tf.reduce_sum(w, axis=-1, keepdims=True)
+  j = tf.range(in_size, dtype=tf.float32)
+  hits = tf.cast(tf.equal(taps[..., None], j), tf.float32)  # [..., S, 4, L]
+  return tf.reduce_sum(w[..., None] * hits, axis=-2)
+
+
+def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
+                      size: int, scale: float = 1.0) -> tf.Tensor:
+  """Crops, resizes (bicubic) and flips same-size images, as two matmuls per view.
+
+  Args:
+    images: [N, H, W, C] (any real dtype).
+    windows: int [N, V, 4] windows (y, x, h, w) from `sample_crop_window`.
+    flips: bool [N, V].
+    size: output side S.
+    scale: multiplies the values (1/255 turns uint8 into [0, 1]).
+
+  Returns:
+    float32 [N, V, S, S, C].
+  """
+  _, height, width, _ = images.shape
+  rows = resize_matrix(windows[..., 0], windows[..., 2], height, size) * scale
+  cols = resize_matrix(windows[..., 1], windows[..., 3], width, size)
+  cols = tf.where(flips[..., None, None], tf.reverse(cols, axis=[-2]), cols)
+  x = tf.cast(images, tf.float32)
+  x = tf.einsum("nvsh,nhwc->nvswc", rows, x)
+  return tf.einsum("nvtw,nvswc->nvstc", cols, x)
+
+
+# ----------------------------------------------------------------------------------
+# Colour, grayscale, blur of one view (inside an XLA loop)
+# ----------------------------------------------------------------------------------
+
+def _channels_max_min(x):
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  mx = tf.maximum(tf.maximum(r, g), b)
+  mn = tf.minimum(tf.minimum(r, g), b)
+  return r, g, b, mx, mn
+
+
+def adjust_saturation(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """tf.image.adjust_saturation (S of HSV scaled, clipped to [0, 1]) done in RGB.
+
+  Keeping V = max and the hue, scaling S moves each channel towards/away from the
+  max: c' = max - (max - c) g with g = min(factor, max / (max - min)); g = 0 where
+  max <= 0 (tf.image's S is 0 there).
+  """
+  _, _, _, mx, mn = _channels_max_min(x)
+  d = mx - mn
+  gain = tf.where(mx > 0.0, tf.minimum(factor, mx / tf.where(d > 0.0, d, 1.0)), 0.0)
+  return mx[..., None] - (mx[..., None] - x) * gain[..., None]
+
+
+def adjust_hue(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+  """tf.image.adjust_hue (H of HSV rotated by delta turns) done in RGB.
+
+  With max, min fixed, channel n is max - (max - min) t((n + 6 h) mod 6) for the
+  hexcone's trapezoid t; n = 5, 3, 1 for R, G, B.
+  """
+  r, g, b, mx, mn = _channels_max_min(x)
+  d = mx - mn
+  inv = 1.0 / tf.where(d > 0.0, d, 1.0)
+  h = tf.where(r >= mx, (g - b) * inv,
+               tf.where(g >= mx, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+  h = h + 6.0 * delta
+  out = []
+  for n in (5.0, 3.0, 1.0):
+    k = h + n
+    k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+    out.append(mx - d * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0))
+  return tf.stack(out, axis=-1)
+
+
+def adjust_contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """tf.image.adjust_contrast: (x - mean) factor + mean, per channel over H, W."""
+  mean = tf.reduce_mean(x, axis=[-3, -2], keepdims=True)
+  return (x - mean) * factor + mean
+
+
+def to_grayscale(x: tf.Tensor) -> tf.Tensor:
+  """tf.image.rgb_to_grayscale, kept as 3 channels."""
+  gray = x[..., 0] * GRAY_WEIGHTS[0] + x[..., 1] * GRAY_WEIGHTS[1] + x[..., 2] * GRAY_WEIGHTS[2]
+  return tf.repeat(gray[..., None], 3, axis=-1)
+
+
+def blur_image(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """Separable blur of one image [H, W, C] by taps [2r + 1], SAME zero padding."""
+  taps = kernel.shape[0]
+  r = taps // 2
+  h, w = x.shape[0], x.shape[1]
+  xp = tf.pad(x, [[r, r], [0, 0], [0, 0]])
+  x = tf.add_n([kernel[j] * xp[j:j + h] for j in range(taps)])
+  xp = tf.pad(x, [[0, 0], [r, r], [0, 0]])
+  return tf.add_n([kernel[j] * xp[:, j:j + w] for j in range(taps)])
+
+
+def _jitter(x, order, brightness, contrast, saturation, hue):
+  for k in range(4):
+    branches = [lambda x=x: tf.clip_by_value(x * brightness, 0.0, 1.0),
+                lambda x=x: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),
+                lambda x=x: tf.clip_by_value(adjust_saturation(x, saturation), 0.0, 1.0),
+                lambda x=x: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0)]
+    x = tf.switch_case(order[k], branches)
+  return x
+
+
+def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec,
+                  scale: float) -> tf.Tensor:
+  """Colour jitter, grayscale, clip, blur, clip of views [M, S, S, 3] (one XLA loop)."""
+  m = views.shape[0]
+  radius = blur_radius(spec.image_size, spec.blur_kernel_fraction)
+
+  def body(i, out):
+    x = views[i] * scale
+    if spec.colors:
+      x = tf.cond(params["color"][i],
+                  lambda: _jitter(x, params["order"][i], params["brightness"][i],
+                                  params["contrast"][i], params["saturation"][i],
+                                  params["hue"][i]),
+                  lambda: x)
+    if spec.grayscale_prob > 0:
+      x = tf.cond(params["gray"][i], lambda: to_grayscale(x), lambda: x)
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    if spec.blur and radius > 0:
+      kernel = gaussian_kernel(params["sigma"][i], radius)
+      x = tf.cond(params["blur"][i],
+                  lambda: tf.clip_by_value(blur_image(x, kernel), 0.0, 1.0), lambda: x)
+    return i + 1, out.write(i, x)
+
+  out = tf.TensorArray(tf.float32, size=m, element_shape=views.shape[1:])
+  _, out = tf.while_loop(lambda i, _: i < m, body, (tf.constant(0), out))
+  return out.stack()
+
+
+@tf.function(jit_compile=True, reduce_retracing=False)
+def _finish_views_xla(views, u, spec, scale):
+  return _finish_views(views, color_params(u, spec), spec, scale)
+
+
+def finish_views(views: tf.Tensor, u: tf.Tensor, spec: ViewSpec,
+                 scale: float = 1.0) -> tf.Tensor:
+  """Colour distortion, grayscale, (blur) and clip of a batch of resized views.
+
+  Args:
+    views: [M, S, S, 3] float32 (bicubic output: may overshoot the value range).
+    u: [M, K] the views' uniforms.
+    spec: the view distribution.
+    scale: multiplies `views` first (1/255 for 0-255 inputs).
+
+  Returns:
+    float32 [M, S, S, 3] in [0, 1].
+  """
+  return _finish_views_xla(views, u, spec, scale)
+
+
+@tf.function(jit_compile=True, reduce_retracing=False)
+def _augment_fixed_xla(images, u, spec):
+  n, height, width, _ = images.shape
+  v = u.shape[1]
+  size = spec.image_size
+  if spec.crop:
+    windows = sample_crop_window(u, height, width, spec)
+  else:
+    windows = center_window(tf.fill([n, v], height), tf.fill([n, v], width), size)
+  views = crop_resize_batch(images, windows, flip_draw(u, spec), size,
+                            scale=1.0 / 255.0 if images.dtype == tf.uint8 else 1.0)
+  flat_u = tf.reshape(u, [n * v, u.shape[-1]])
+  views = _finish_views(tf.reshape(views, [n * v, size, size, 3]),
+                        color_params(flat_u, spec), spec, 1.0)
+  return tf.reshape(views, [n, v, size, size, 3])
+
+
+def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """All views of a batch of same-size images, in one XLA program.
+
+  Args:
+    images: [N, H, W, 3] uint8 (0-255) or float32 ([0, 1]); static shape.
+    u: [N, V, K] uniforms (`view_uniforms` per example).
+    spec: the view distribution.
+
+  Returns:
+    float32 [N, V, S, S, 3] in [0, 1].
+  """
+  if not spec.crop and (images.shape[1] < spec.image_size or images.shape[2] < spec.image_size):
+    raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are smaller than "
+                     f"the output size {spec.image_size} with crop augmentation disabled "
+                     "(config.augment.crop = False takes a central crop)")
+  return _augment_fixed_xla(images, u, spec)
+
+
+# ----------------------------------------------------------------------------------
+# Decoding (per example): only the views' window of a JPEG
+# ----------------------------------------------------------------------------------
+
+def image_size_of(encoded: tf.Tensor) -> tf.Tensor:
+  """(height, width) int32 of an encoded image; JPEG headers are parsed, not decoded."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+      lambda: tf.shape(tf.io.decode_image(encoded, channels=3,
+                                          expand_animations=False))[:2])
+
+
+def decode_window(encoded: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+  """The pixels of window (y, x, h, w) of an encoded image: uint8 [h, w, 3].
+
+  A JPEG is decoded only inside the window (`tf.image.decode_and_crop_jpeg`);
+  grayscale sources become 3 channels.
+  """
+  def jpeg():
+    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """Crops, resizes and flips V views of one encoded image (float32 [V, S, S, 3], 0-255).
+
+  The union of the V windows is decoded once (only it, for a JPEG), so no view decodes
+  the full image and the image is decoded once, not once per view. Values are left in
+  0-255 (bicubic overshoot included): `finish_views(..., scale=1/255)` continues.
+  """
+  size = spec.image_size
+  hw = image_size_of(encoded)
+  if spec.crop:
+    windows = sample_crop_window(u, hw[0], hw[1], spec)
+  else:
+    tf.debugging.assert_greater_equal(
+        tf.reduce_min(hw), size,
+        message=f"an image is smaller than the output size {size} px with crop "
+                "augmentation disabled (config.augment.crop = False takes a central crop)")
+    windows = center_window(tf.fill([u.shape[0]], hw[0]), tf.fill([u.shape[0]], hw[1]),
+                            size)
+  top_left = tf.reduce_min(windows[:, :2], axis=0)
+  bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+  union = decode_window(encoded, tf.concat([top_left, bottom_right - top_left], 0))
+  flips = flip_draw(u, spec)
+  views = []
+  for v in range(u.shape[0]):
+    y, x = windows[v, 0] - top_left[0], windows[v, 1] - top_left[1]
+    crop = union[y:y + windows[v, 2], x:x + windows[v, 3]]
+    crop = tf.cond(flips[v], lambda c=crop: tf.reverse(c, axis=[1]), lambda c=crop: c)
+    views.append(tf.image.resize(crop, [size, size], method="bicubic", antialias=False))
+  return tf.stack(views)
+
+
+def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tensor:
+  """Eval preprocessing of one image: float32 [S, S, 3] in [0, 1].
+
+  crop=True: the official centre crop (87.5% of the shorter side), bicubic resize;
+  crop=False (32 px datasets): the image itself, resized only if it is not S x S.
+  Accepts encoded bytes (JPEG decoded inside the window only) or a uint8 image.
+  """
+  encoded = encoded_or_image.dtype == tf.string
+  if encoded:
+    hw = image_size_of(encoded_or_image)
+  else:
+    hw = tf.shape(encoded_or_image)[:2]
+  if crop:
+    window = eval_window(hw[0], hw[1])
+  else:
+    window = tf.stack([0, 0, hw[0], hw[1]])
+  if encoded:
+    image = decode_window(encoded_or_image, window)
+  else:
+    image = encoded_or_image[window[0]:window[0] + window[2],
+                             window[1]:window[1] + window[3]]
+  image = tf.cast(image, tf.float32)
+  same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+  image = tf.cond(same, lambda: tf.image.resize(image, [size, size], method="nearest"),
+                  lambda: tf.image.resize(image, [size, size], method="bicubic",
+                                          antialias=False))
+  return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+

@@ -1,0 +1,712 @@
+"""Evaluation modes of a pretrained encoder: linear evaluation, fine-tuning and kNN.
+
+Each mode loads the pretraining checkpoint named by `config.init_from` and rebuilds the
+network from the config saved in that checkpoint, so only the protocol (config groups
+`linear_eval`, `finetune`, `knn`) and the data fields are read from `config`. Training
+is data-parallel in the pmap style of the pretraining step: every device runs the
+per-device step on its share of the global batch under `shard_map(check_vma=False)`,
+gradients are averaged with `pmean`, BN statistics are global.
+
+Protocols (Chen et al. 2020, Appendix B.5/B.6, official code):
+  linear_eval: frozen encoder (BN running averages), zero-initialised linear classifier
+    on h, Nesterov momentum SGD, crop + flip only, no warm-up, cosine decay.
+  finetune: every encoder layer (and optionally the first projection-head layers,
+    SimCLR v2) trained with a fresh linear head on a fraction of the labels, BN in
+    training mode with statistics over the global batch.
+  knn: weighted kNN on L2-normalised h (see knn.py).
+"""
+
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.sharding import PartitionSpec as P
+
+from simclr_jax import checkpointing
+from simclr_jax import config_lib
+from simclr_jax import input_pipeline
+from simclr_jax import knn as knn_lib
+from simclr_jax import metric_log
+from simclr_jax import models
+from simclr_jax import optim
+from simclr_jax import train_step as ts
+from simclr_jax.models.heads import dense_kernel_init
+from simclr_jax.models.resnet import ResNet
+from simclr_jax.models.simclr import parse_dtype
+from simclr_jax.train_step import AXIS
+
+Batch = dict[str, jax.Array]
+ConfigDict = ml_collections.ConfigDict
+
+# Metric-name prefix of the linear-evaluation fast path (no augmentation, features
+# extracted once): never to be confused with the protocol's numbers.
+CACHED_PREFIX = "linear_eval_cached_"
+
+
+# ----------------------------------------------------------------------------------
+# The pretrained checkpoint.
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """What downstream modes take from a pretraining checkpoint."""
+  path: str  # the checkpoint's step directory
+  step: int  # pretraining steps the weights saw
+  config: ConfigDict  # the pretraining run's config (from the checkpoint's meta)
+  variables: dict  # {"params", "batch_stats"} of encoder + head (host numpy arrays)
+
+  @property
+  def model_config(self) -> ConfigDict:
+    return self.config.model
+
+
+def _is_step_dir(path: epath.Path) -> bool:
+  return path.name.isdigit() and (path / "state").is_dir() and (path / "meta").is_dir()
+
+
+def find_checkpoint(path: str) -> epath.Path:
+  """Resolves a workdir, its checkpoints dir or a step dir to a complete step dir.
+
+  Raises:
+    FileNotFoundError: nothing there, or no complete checkpoint (Orbax renames a step
+      directory to its number only once it is fully written).
+  """
+  if not path:
+    raise FileNotFoundError("config.init_from = '' is not allowed: expected a pretraining "
+                            "workdir, its checkpoints/ directory or a checkpoints/<step> "
+                            "directory")
+  root = epath.Path(path)
+  if not root.exists():
+    raise FileNotFoundError(f"config.init_from = {path!r} does not exist")
+  if _is_step_dir(root):
+    return root
+  ckpt_dir = epath.Path(checkpointing.checkpoint_dir(str(root)))
+  steps = sorted((p for p in ckpt_dir.iterdir() if _is_step_dir(p)),
+                 key=lambda p: int(p.name)) if ckpt_dir.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(
+        f"config.init_from = {path!r} holds no complete checkpoint: expected a "
+        "pretraining workdir, its checkpoints/ directory or a checkpoints/<step> "
+        "directory with state/ and meta/")
+  return steps[-1]
+
+
+def load_pretrained(path: str) -> Pretrained:
+  """Restores encoder + projection-head variables and the run's config from `path`.
+
+  Only params and batch_stats are read (not the optimiser state), as host arrays;
+  the online probe ('classifier') is dropped.
+  """
+  step_dir = find_checkpoint(path)
+  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+  if not isinstance(meta, dict) or "config" not in meta:
+    raise ValueError(f"checkpoint {step_dir} has no saved config in meta/: "
+                     "not written by simclr_jax pretraining")
+  config = ConfigDict(json.loads(meta["config"]))
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(step_dir / "state").item_metadata.tree
+  item = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  variables = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+  variables = {kind: {k: v for k, v in tree.items() if k != "classifier"}
+               for kind, tree in variables.items()}
+  logging.info("Loaded pretrained encoder from %s (step %s)", step_dir, step_dir.name)
+  return Pretrained(path=str(step_dir), step=int(step_dir.name), config=config,
+                    variables=variables)
+
+
+def init_from(config: ConfigDict, workdir: str) -> str:
+  """config.init_from, or the workdir itself when empty."""
+  return config.init_from or workdir
+
+
+# ----------------------------------------------------------------------------------
+# Config checks and shared set-up.
+
+
+def _fail(field: str, value, allowed: str):
+  raise config_lib.ConfigError(f"config.{field} = {value!r} is not allowed: {allowed}")
+
+
+def _check_batch(field: str, value) -> None:
+  devices, processes = jax.device_count(), jax.process_count()
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    _fail(field, value, "expected an integer >= 1")
+  if value % devices or value % processes:
+    _fail(field, value, f"a global batch must be divisible by the device count "
+                        f"({devices}) and the process count ({processes})")
+
+
+def _check_run_length(group: ConfigDict, name: str) -> None:
+  if group.num_train_steps <= 0 and not group.num_epochs > 0:
+    _fail(f"{name}.num_epochs", group.num_epochs,
+          f"expected > 0 (or {name}.num_train_steps > 0)")
+
+
+def validate_linear_eval(config: ConfigDict) -> None:
+  _check_batch("linear_eval.batch_size", config.linear_eval.batch_size)
+  _check_batch("eval_batch_size", config.eval_batch_size)
+  _check_run_length(config.linear_eval, "linear_eval")
+
+
+def validate_finetune(config: ConfigDict, head_layers: int) -> None:
+  """`head_layers`: layers of the pretrained projection head (0 for head_mode "none")."""
+  ft = config.finetune
+  _check_batch("finetune.batch_size", ft.batch_size)
+  _check_batch("eval_batch_size", config.eval_batch_size)
+  _check_run_length(ft, "finetune")
+  if not 0.0 < ft.label_fraction <= 1.0:
+    _fail("finetune.label_fraction", ft.label_fraction, "expected a fraction in (0, 1]")
+  layer = ft.from_projection_layer
+  if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= head_layers:
+    _fail("finetune.from_projection_layer", layer,
+          f"expected an integer in [0, {head_layers}] (the pretrained projection head has "
+          f"{head_layers} layers; 0 = h)")
+
+
+def validate_knn(config: ConfigDict) -> None:
+  _check_batch("eval_batch_size", config.eval_batch_size)
+  if isinstance(config.knn.k, bool) or not isinstance(config.knn.k, int) or config.knn.k < 1:
+    _fail("knn.k", config.knn.k, "expected an integer >= 1")
+  if not config.knn.temperature > 0:
+    _fail("knn.temperature", config.knn.temperature, "expected a number > 0")
+  if not isinstance(config.knn.query_batch, int) or config.knn.query_batch < 1:
+    _fail("knn.query_batch", config.knn.query_batch, "expected an integer >= 1")
+
+
+@dataclasses.dataclass
+class Setup:
+  """The data and devices an evaluation mode runs on."""
+  config: ConfigDict
+  workdir: str
+  data_dir: str | None
+  info: Any  # input_pipeline.DatasetInfo
+  mesh: jax.sharding.Mesh
+  pretrained: Pretrained
+
+
+def make_setup(config: ConfigDict, workdir: str) -> Setup:
+  pretrained = load_pretrained(init_from(config, workdir))
+  pre_size = pretrained.config.data.image_size
+  if pre_size != config.data.image_size:
+    logging.warning("Evaluating at %d px an encoder pretrained at %d px (config.data."
+                    "image_size)", config.data.image_size, pre_size)
+  data_dir = input_pipeline.default_data_dir(config, workdir)
+  info = input_pipeline.dataset_info(config, data_dir=data_dir)
+  return Setup(config, workdir, data_dir, info, ts.make_mesh(), pretrained)
+
+
+def with_batch_size(config: ConfigDict, batch_size: int) -> ConfigDict:
+  """A copy of `config` whose input pipeline produces global batches of `batch_size`."""
+  config = config.copy_and_resolve_references()
+  config.batch_size = batch_size
+  return config
+
+
+def plan_steps(group: ConfigDict, num_examples: int, name: str) -> tuple[int, int]:
+  """(steps_per_epoch, total_steps) of a supervised stage over `num_examples` examples."""
+  steps_per_epoch = num_examples // group.batch_size
+  if steps_per_epoch < 1:
+    _fail(f"{name}.batch_size", group.batch_size,
+          f"expected at most the {num_examples} training examples available")
+  if group.num_train_steps > 0:
+    return steps_per_epoch, int(group.num_train_steps)
+  return steps_per_epoch, max(1, int(round(group.num_epochs * steps_per_epoch)))
+
+
+def kernels_only(params) -> Any:
+  """Weight-decay mask: every dense/conv kernel (the classifier's included)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+# ----------------------------------------------------------------------------------
+# Supervised training machinery shared by linear evaluation and fine-tuning.
+
+
+class SupervisedState(flax.struct.PyTreeNode):
+  """Trainable parameters, BN statistics (fine-tuning) and optimiser state."""
+  step: jax.Array  # int32 scalar
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def cross_entropy_and_top1(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_eval_step(logits_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`(variables, global masked batch) -> {"top1", "top5", "count"}` summed over devices.
+
+  `logits_fn(variables, images) -> [b, num_classes]` runs per device; top-5 is capped
+  at the class count.
+  """
+  def step(variables, batch):
+    logits = logits_fn(variables, batch["image"])
+    k = min(5, logits.shape[-1])
+    hits = jax.lax.top_k(logits, k)[1] == batch["label"][:, None]
+    mask = batch["mask"].astype(jnp.float32)
+    counts = {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(hits.any(-1) * mask),
+              "count": jnp.sum(mask)}
+    return jax.lax.psum(counts, AXIS)
+
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                               check_vma=False))
+
+
+def evaluate_classifier(eval_step: Callable, variables: Any, batches: Iterator[dict],
+                        mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Top-1/top-5 accuracy over every real example of `batches` (local shares)."""
+  totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+  for batch in batches:
+    counts = jax.device_get(eval_step(variables, ts.shard_batch(batch, mesh)))
+    totals = {k: totals[k] + float(counts[k]) for k in totals}
+  if totals["count"] == 0:
+    raise ValueError("the eval split has no examples")
+  return {"top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}
+
+
+def shard_supervised_step(step: Callable, mesh: jax.sharding.Mesh, num_inputs: int) -> Callable:
+  """jit(shard_map(step)): the state and `num_inputs - 2` frozen args replicated, the batch
+  (last argument) split along AXIS; the state is donated."""
+  in_specs = (P(),) * (num_inputs - 1) + (P(AXIS),)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=0)
+
+
+class Window:
+  """Means of per-step metrics over a logging window."""
+
+  def __init__(self):
+    self.items = []
+
+  def add(self, metrics) -> None:
+    self.items.append(metrics)
+
+  def pop_mean(self) -> dict[str, float]:
+    host = jax.device_get(self.items)
+    self.items = []
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+# ----------------------------------------------------------------------------------
+# Linear evaluation.
+
+
+def linear_classifier(num_classes: int) -> nn.Dense:
+  """The linear-evaluation classifier: Dense with bias, zero-initialised (official)."""
+  return nn.Dense(num_classes, kernel_init=nn.initializers.zeros,
+                  bias_init=nn.initializers.zeros, dtype=jnp.float32,
+                  param_dtype=jnp.float32, name="classifier")
+
+
+def make_linear_step(featurize: Callable, classifier: nn.Module,
+                     tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
+  """Per-device step `(state, frozen, local batch) -> (state, metrics)`.
+
+  `featurize(frozen, images) -> h [b, C]` never receives gradients (frozen encoder in
+  inference mode, or the identity on cached features).
+  """
+  def step(state: SupervisedState, frozen, batch: Batch):
+    h = jax.lax.stop_gradient(featurize(frozen, batch["image"]))
+
+    def loss_fn(params):
+      logits = classifier.apply({"params": params}, h)
+      return cross_entropy_and_top1(logits, batch["label"])
+
+    (loss, top1), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = jax.lax.pmean({"train_loss": loss, "train_top1": top1}, AXIS)
+    metrics["learning_rate"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def encoder_featurize(model) -> Callable:
+  """`(variables, images) -> h`: the encoder in inference mode (BN running averages)."""
+  inference = model.clone(axis_name=None)
+  return lambda variables, images: inference.apply(variables, images, train=False,
+                                                   method="encode")
+
+
+def init_classifier_state(classifier: nn.Module, feature_dim: int,
+                          tx: optax.GradientTransformation) -> SupervisedState:
+  params = classifier.init(jax.random.PRNGKey(0), jnp.zeros((1, feature_dim)))["params"]
+  return SupervisedState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                         opt_state=tx.init(params))
+
+
+def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
+                     batches: Iterator[dict], *, total_steps: int, mesh: jax.sharding.Mesh,
+                     log: metric_log.MetricLog, prefix: str, log_every: int,
+                     steps_per_epoch: int, on_eval: Callable | None = None,
+                     eval_every: int = 0) -> SupervisedState:
+  """Runs `total_steps` steps; logs `<prefix>train_*` means every `log_every` steps."""
+  window = Window()
+  frozen_args = () if frozen is None else (frozen,)
+  t0 = time.time()
+  for step in range(1, total_steps + 1):
+    state, metrics = step_fn(state, *frozen_args, ts.shard_batch(next(batches), mesh))
+    window.add(metrics)
+    last = step == total_steps
+    if step % log_every == 0 or last:
+      summary = window.pop_mean()
+      if not np.isfinite(summary["train_loss"]):
+        raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
+      summary = {prefix + k: v for k, v in summary.items()}
+      summary[prefix + "epoch"] = step / steps_per_epoch
+      summary[prefix + "seconds_per_step"] = (time.time() - t0) / step
+      log.write(step, summary)
+      logging.info("%s step %d/%d: %s", prefix.rstrip("_"), step, total_steps,
+                   ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    if on_eval is not None and eval_every > 0 and step % eval_every == 0 and not last:
+      log.write(step, on_eval(state))
+  return state
+
+
+def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
+  """The `linear_eval` mode; returns (and logs) the final top-1/top-5 on eval_split."""
+  validate_linear_eval(config)
+  setup = make_setup(config, workdir)
+  if config.linear_eval.cached_features:
+    return _linear_eval_cached(setup)
+  le, mesh, pre = config.linear_eval, setup.mesh, setup.pretrained
+  steps_per_epoch, total_steps = plan_steps(le, setup.info.num_train_examples, "linear_eval")
+  tx, schedule = optim.create_optimizer(le.optim, batch_size=le.batch_size,
+                                        steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps,
+                                        weight_decay_mask=kernels_only)
+  model = models.create_model(pre.model_config)
+  featurize = encoder_featurize(model)
+  classifier = linear_classifier(setup.info.num_classes)
+  feature_dim = models.feature_dim(pre.model_config.depth, pre.model_config.width_multiplier)
+  state = ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh)
+  frozen = ts.replicate(pre.variables, mesh)
+  step_fn = shard_supervised_step(make_linear_step(featurize, classifier, tx, schedule),
+                                  mesh, num_inputs=3)
+  eval_step = make_eval_step(
+      lambda v, x: classifier.apply({"params": v["classifier"]}, featurize(v["encoder"], x)),
+      mesh)
+
+  def evaluate(state):
+    acc = evaluate_classifier(eval_step, {"encoder": frozen, "classifier": state.params},
+                              _eval_batches(config, setup.data_dir), mesh)
+    return {"linear_eval_top1": acc["top1"], "linear_eval_top5": acc["top5"]}
+
+  train_config = with_batch_size(config, le.batch_size)
+  batches = input_pipeline.create_supervised_dataset(
+      train_config, data_dir=setup.data_dir, split=config.train_split,
+      augment=True).as_numpy_iterator()
+  logging.info("Linear evaluation: %d steps (%d per epoch), batch %d, frozen encoder of "
+               "step %d", total_steps, steps_per_epoch, le.batch_size, pre.step)
+  log = metric_log.MetricLog(workdir)
+  try:
+    state = train_supervised(step_fn, state, frozen, batches, total_steps=total_steps,
+                             mesh=mesh, log=log, prefix="linear_eval_",
+                             log_every=config.log_every_steps,
+                             steps_per_epoch=steps_per_epoch, on_eval=evaluate,
+                             eval_every=config.eval_every_steps)
+    results = evaluate(state)
+    results.update(linear_eval_epochs=total_steps / steps_per_epoch,
+                   pretrain_step=pre.step)
+    log.write(total_steps, results)
+  finally:
+    log.close()
+  print(metric_log.format_table(results, title="Linear evaluation (frozen encoder, crop + "
+                                               f"flip), {config.eval_split} split"))
+  return results
+
+
+def _eval_batches(config: ConfigDict, data_dir: str | None) -> Iterator[dict]:
+  return input_pipeline.create_eval_dataset(config, data_dir=data_dir,
+                                            split=config.eval_split).as_numpy_iterator()
+
+
+def cached_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
+                   seed: int) -> Iterator[dict]:
+  """Endless reshuffled epochs of this process's share of global feature batches."""
+  rng = np.random.default_rng(seed)
+  share = batch_size // jax.process_count()
+  lo = jax.process_index() * share
+  while True:
+    order = rng.permutation(len(features))
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+      rows = order[start:start + batch_size][lo:lo + share]
+      yield {"image": features[rows], "label": labels[rows]}
+
+
+def _linear_eval_cached(setup: Setup) -> dict[str, float]:
+  """Fast path: h of every train image extracted once (centre crop, no augmentation)."""
+  config, mesh, pre, le = setup.config, setup.mesh, setup.pretrained, setup.config.linear_eval
+  model = models.create_model(pre.model_config)
+  variables = ts.replicate(pre.variables, mesh)
+  encode = knn_lib.make_encode_fn(model, mesh)
+  t0 = time.time()
+  train_x, train_y = knn_lib.extract_features(
+      encode, variables, knn_lib.split_batches(config, setup.data_dir, config.train_split),
+      mesh)
+  test_x, test_y = knn_lib.extract_features(
+      encode, variables, knn_lib.split_batches(config, setup.data_dir, config.eval_split),
+      mesh)
+  logging.info("Cached %d train / %d eval features in %.1f s", len(train_x), len(test_x),
+               time.time() - t0)
+  steps_per_epoch, total_steps = plan_steps(le, len(train_x), "linear_eval")
+  tx, schedule = optim.create_optimizer(le.optim, batch_size=le.batch_size,
+                                        steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps,
+                                        weight_decay_mask=kernels_only)
+  classifier = linear_classifier(setup.info.num_classes)
+  state = ts.replicate(init_classifier_state(classifier, train_x.shape[1], tx), mesh)
+  step_fn = shard_supervised_step(make_linear_step(lambda _, x: x, classifier, tx, schedule),
+                                  mesh, num_inputs=3)
+  log = metric_log.MetricLog(setup.workdir)
+  try:
+    state = train_supervised(step_fn, state, {}, cached_batches(train_x, train_y,
+                                                                le.batch_size, config.seed),
+                             total_steps=total_steps, mesh=mesh, log=log,
+                             prefix=CACHED_PREFIX, log_every=config.log_every_steps,
+                             steps_per_epoch=steps_per_epoch)
+    params = jax.device_get(state.params)
+    logits = np.asarray(test_x @ params["kernel"] + params["bias"])
+    correct = knn_lib.topk_correct(logits, test_y)
+    results = {CACHED_PREFIX + "top1": float(correct[1].mean()),
+               CACHED_PREFIX + "top5": float(correct[5].mean()),
+               CACHED_PREFIX + "epochs": total_steps / steps_per_epoch,
+               "pretrain_step": pre.step}
+    log.write(total_steps, {**results,
+                            "protocol": "cached features, no augmentation (fast path)"})
+  finally:
+    log.close()
+  print(metric_log.format_table(
+      results, title="Linear evaluation, FAST PATH: cached features, no augmentation "
+                     f"(not the official protocol), {config.eval_split} split"))
+  return results
+
+
+# ----------------------------------------------------------------------------------
+# Fine-tuning.
+
+
+def head_layer_count(model_config: ConfigDict) -> int:
+  """Layers of the projection head (0 for "none", 1 for "linear")."""
+  return {"none": 0, "linear": 1}.get(model_config.head_mode, model_config.head_num_layers)
+
+
+class HeadPrefix(nn.Module):
+  """The first `layers` layers of `ProjectionHead` (same parameter names and maths).
+
+  Returns the head's hidden output `layers` ([B, width] float32), what the classifier
+  sees when fine-tuning from a projection-head layer (SimCLR v2).
+  """
+  layers: int
+  mode: str = "nonlinear"
+  num_layers: int = 2
+  out_dim: int = 128
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, h: jax.Array, train: bool) -> jax.Array:
+    total = {"none": 0, "linear": 1}.get(self.mode, self.num_layers)
+    y = h
+    for j in range(self.layers):
+      last = j == total - 1
+      y = nn.Dense(self.out_dim if last else y.shape[-1], use_bias=False, dtype=self.dtype,
+                   param_dtype=jnp.float32, name=f"dense_{j}")(y)
+      y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype,
+                       param_dtype=jnp.float32, axis_name=self.axis_name,
+                       name=f"bn_{j}")(y)
+      if not last:
+        y = nn.relu(y)
+    return y.astype(jnp.float32)
+
+
+class FinetuneNet(nn.Module):
+  """encoder -> (first `head_layers` projection-head layers) -> linear classifier.
+
+  Submodules 'encoder', 'head' and 'classifier' share the pretrained SimCLRModel's
+  parameter names, so the pretrained variables slot in unchanged.
+  """
+  model_config: Any  # the pretraining config.model (a dict-like of plain values)
+  num_classes: int
+  head_layers: int = 0
+  zero_init_head: bool = False
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """x: [B, S, S, 3] in [0, 1] -> logits [B, num_classes] float32."""
+    mc = self.model_config
+    dtype = parse_dtype(mc["dtype"])
+    bn = dict(bn_momentum=mc["bn_momentum"], bn_epsilon=mc["bn_epsilon"],
+              axis_name=self.axis_name)
+    y = ResNet(depth=mc["depth"], width_multiplier=mc["width_multiplier"],
+               cifar_stem=mc["cifar_stem"], dtype=dtype, name="encoder", **bn)(x, train)
+    if self.head_layers > 0:
+      y = HeadPrefix(layers=self.head_layers, mode=mc["head_mode"],
+                     num_layers=mc["head_num_layers"], out_dim=mc["proj_dim"], dtype=dtype,
+                     name="head", **bn)(y, train)
+    kernel_init = (nn.initializers.zeros if self.zero_init_head
+                   else dense_kernel_init)
+    return nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=jnp.float32,
+                    param_dtype=jnp.float32, name="classifier")(y)
+
+
+def finetune_variables(net: FinetuneNet, pretrained_variables: dict, image_size: int,
+                       seed: int) -> dict:
+  """Fresh classifier + pretrained encoder (+ head prefix) variables for `net`."""
+  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  fresh = jax.jit(lambda r: net.clone(axis_name=None).init(r, dummy, train=False))(
+      jax.random.PRNGKey(seed))
+  out = {}
+  for kind in ("params", "batch_stats"):
+    tree = dict(fresh.get(kind, {}))
+    for name in tree:
+      if name == "classifier":
+        continue
+      source = pretrained_variables[kind][name]
+      if name == "head":  # only the layers the net keeps
+        source = {k: v for k, v in source.items() if k in tree[name]}
+      _check_same_shapes(tree[name], source, f"{kind}/{name}")
+      tree[name] = source
+    out[kind] = tree
+  return out
+
+
+def _check_same_shapes(expected, got, what: str) -> None:
+  shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+  if shapes(expected) != shapes(got):
+    raise ValueError(f"pretrained {what} does not fit the fine-tuning network "
+                     "(the checkpoint's model config disagrees with its weights)")
+
+
+def make_finetune_step(net: FinetuneNet, tx: optax.GradientTransformation,
+                       schedule: optax.Schedule) -> Callable:
+  """Per-device step `(state, local batch) -> (state, metrics)`; `net` has axis_name
+  AXIS (global BN) or None (per-device statistics, averaged after the step)."""
+  def step(state: SupervisedState, batch: Batch):
+    def loss_fn(params):
+      logits, mutated = net.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"])
+      loss, top1 = cross_entropy_and_top1(logits, batch["label"])
+      return loss, (mutated["batch_stats"], top1)
+
+    (loss, (batch_stats, top1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    if net.axis_name is None:
+      batch_stats = jax.lax.pmean(batch_stats, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = jax.lax.pmean({"train_loss": loss, "train_top1": top1}, AXIS)
+    metrics["learning_rate"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
+
+  return step
+
+
+def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
+  """The `finetune` mode; returns (and logs) the final top-1/top-5 on eval_split."""
+  ft = config.finetune
+  setup = make_setup(config, workdir)
+  pre, mesh = setup.pretrained, setup.mesh
+  validate_finetune(config, head_layer_count(pre.model_config))
+  num_labels = input_pipeline.label_fraction_size(config, data_dir=setup.data_dir,
+                                                  label_fraction=ft.label_fraction)
+  steps_per_epoch, total_steps = plan_steps(ft, num_labels, "finetune")
+  tx, schedule = optim.create_optimizer(ft.optim, batch_size=ft.batch_size,
+                                        steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps,
+                                        weight_decay_mask=kernels_only)
+  net = FinetuneNet(model_config=pre.model_config.to_dict(),
+                    num_classes=setup.info.num_classes,
+                    head_layers=ft.from_projection_layer, zero_init_head=ft.zero_init_head,
+                    axis_name=AXIS)
+  variables = finetune_variables(net, pre.variables, config.data.image_size, config.seed)
+  state = SupervisedState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                          batch_stats=variables["batch_stats"],
+                          opt_state=tx.init(variables["params"]))
+  state = ts.replicate(state, mesh)
+  step_fn = shard_supervised_step(make_finetune_step(net, tx, schedule), mesh, num_inputs=2)
+  inference = net.clone(axis_name=None)
+  eval_step = make_eval_step(lambda v, x: inference.apply(v, x, train=False), mesh)
+
+  def evaluate(state):
+    acc = evaluate_classifier(eval_step, {"params": state.params,
+                                          "batch_stats": state.batch_stats},
+                              _eval_batches(config, setup.data_dir), mesh)
+    return {"finetune_top1": acc["top1"], "finetune_top5": acc["top5"]}
+
+  batches = input_pipeline.create_supervised_dataset(
+      with_batch_size(config, ft.batch_size), data_dir=setup.data_dir,
+      split=config.train_split, augment=True,
+      label_fraction=ft.label_fraction).as_numpy_iterator()
+  logging.info("Fine-tuning on %d labelled examples (label_fraction %g of %s): %d steps "
+               "(%d per epoch), batch %d, from projection layer %d, pretrained step %d",
+               num_labels, ft.label_fraction, config.dataset, total_steps, steps_per_epoch,
+               ft.batch_size, ft.from_projection_layer, pre.step)
+  log = metric_log.MetricLog(workdir)
+  try:
+    state = train_supervised(step_fn, state, None, batches, total_steps=total_steps,
+                             mesh=mesh, log=log, prefix="finetune_",
+                             log_every=config.log_every_steps,
+                             steps_per_epoch=steps_per_epoch, on_eval=evaluate,
+                             eval_every=config.eval_every_steps)
+    results = evaluate(state)
+    results.update(finetune_label_fraction=float(ft.label_fraction),
+                   finetune_num_labels=num_labels,
+                   finetune_epochs=total_steps / steps_per_epoch,
+                   finetune_from_projection_layer=ft.from_projection_layer,
+                   pretrain_step=pre.step)
+    log.write(total_steps, results)
+  finally:
+    log.close()
+  print(metric_log.format_table(results, title=f"Fine-tuning on {ft.label_fraction:g} of "
+                                               f"the labels, {config.eval_split} split"))
+  return results
+
+
+# ----------------------------------------------------------------------------------
+# kNN.
+
+
+def knn_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
+  """The `knn` mode: weighted kNN (config.knn) of the pretrained h on eval_split."""
+  validate_knn(config)
+  setup = make_setup(config, workdir)
+  pre = setup.pretrained
+  results = knn_lib.evaluate_knn(models.create_model(pre.model_config), pre.variables,
+                                 config, data_dir=setup.data_dir, mesh=setup.mesh,
+                                 num_classes=setup.info.num_classes)
+  results.update(knn_k=config.knn.k, knn_temperature=config.knn.temperature,
+                 pretrain_step=pre.step)
+  log = metric_log.MetricLog(workdir)
+  try:
+    log.write(pre.step, results)
+  finally:
+    log.close()
+  print(metric_log.format_table(results, title=f"Weighted kNN on h, {config.eval_split} "
+                                               "split"))
+  return results

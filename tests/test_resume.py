@@ -1,0 +1,110 @@
+"""Checkpoints from the command line: exact resume after SIGKILL, partial checkpoints,
+SIGTERM, and non-finite losses. End-to-end on the offline digits dataset."""
+
+import glob
+import os
+import shutil
+import signal
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests import cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
+       "--config.keep_checkpoints=10")
+
+
+def final_params(workdir: str) -> dict:
+  directory = os.path.join(workdir, "checkpoints")
+  with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, restored["state"]["params"]
+
+
+def assert_same_params(a: dict, b: dict):
+  leaves_a, leaves_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
+  assert leaves_a.keys() == leaves_b.keys() and len(leaves_a) > 50
+  for k in leaves_a:
+    np.testing.assert_allclose(leaves_a[k], leaves_b[k], rtol=1e-5, atol=1e-6, err_msg=str(k))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """The reference: STEPS steps without interruption."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  cli.run_main("configs/digits.py", workdir, *RUN)
+  return workdir
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(straight_run, tmp_path):
+  workdir = str(tmp_path / "killed")
+  # Share the built dataset so the killed run starts training quickly.
+  shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
+  proc = cli.start_main("configs/digits.py", workdir, *RUN)
+  cli.wait_for_step(workdir, STEPS // 2 + 1, proc)
+  cli.kill(proc, signal.SIGKILL)
+  steps_before = max(cli.losses_by_step(workdir))
+  assert steps_before < STEPS, "the run finished before it could be killed"
+  cli.run_main("configs/digits.py", workdir, *RUN)
+
+  expected, got = cli.losses_by_step(straight_run), cli.losses_by_step(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1)) == sorted(expected)
+  np.testing.assert_allclose([got[s] for s in sorted(got)],
+                             [expected[s] for s in sorted(expected)], rtol=1e-5)
+  step_a, params_a = final_params(straight_run)
+  step_b, params_b = final_params(workdir)
+  assert step_a == step_b == STEPS
+  assert_same_params(params_a, params_b)
+
+
+def test_partial_checkpoint_is_ignored(straight_run, tmp_path):
+  """A save killed before Orbax finalised it (a tmp directory, or a step directory left
+  without its metadata) is skipped; the run resumes from the previous complete one."""
+  workdir = str(tmp_path / "partial")
+  shutil.copytree(straight_run, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  for step in (STEPS, STEPS - 2):  # keep complete checkpoints up to STEPS - 4
+    shutil.rmtree(os.path.join(ckpts, str(step)))
+  # What a kill during the save of step STEPS - 2 leaves behind: a temporary directory.
+  partial = os.path.join(ckpts, f"{STEPS - 2}.orbax-checkpoint-tmp-1234567890")
+  shutil.copytree(os.path.join(ckpts, str(STEPS - 4)), partial)
+  for f in glob.glob(os.path.join(partial, "state", "*"))[:2]:
+    shutil.rmtree(f) if os.path.isdir(f) else os.remove(f)
+  proc = cli.run_main("configs/digits.py", workdir, *RUN)
+  assert f"Resumed from step {STEPS - 4}" in proc.stderr
+  step, params = final_params(workdir)
+  _, expected = final_params(straight_run)
+  assert step == STEPS
+  assert_same_params(params, expected)
+
+
+def test_sigterm_saves_and_exits_cleanly(straight_run, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
+  many = (*RUN[:-4], "--config.num_train_steps=400", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000")
+  proc = cli.start_main("configs/digits.py", workdir, *many)
+  cli.wait_for_step(workdir, 3, proc)
+  assert cli.kill(proc, signal.SIGTERM) == 0
+  step, _ = final_params(workdir)
+  assert 3 <= step < 400  # saved where it stopped, not at a checkpoint interval
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(straight_run, tmp_path):
+  workdir = str(tmp_path / "nan")
+  shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
+  exploding = (*RUN, "--config.optim.name=sgd", "--config.optim.base_lr=1e30",
+               "--config.optim.warmup_epochs=0", "--config.checkpoint_every_steps=1")
+  proc = cli.run_main("configs/digits.py", workdir, *exploding, check=False)
+  assert proc.returncode != 0
+  assert "non-finite" in proc.stderr and "at step" in proc.stderr
+  step, params = final_params(workdir)
+  assert all(np.isfinite(v).all() for v in ocp.tree.to_flat_dict(params).values())
+  assert step < STEPS
