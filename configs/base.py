@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.deterministic = False  # reproducible order and augmentations given c.seed
   c.data.prefetch = 4  # batches
   c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
+  # Multi-process input: "split" = each process reads a disjoint shard of the split;
+  # "batch" = every process reads the same stream and keeps its rows of each global
+  # batch (wasteful; global batches then equal a 1-process run's exactly).
+  c.data.process_sharding = "split"
 
   # --- augmentation (paper Sec. 3 and Appendix A) -----------------------------------
   c.augment = ml_collections.ConfigDict()

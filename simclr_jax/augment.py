@@ -267,15 +267,12 @@ def resize_matrix(offset: tf.Tensor, length: tf.Tensor, in_size: int,
   length = tf.cast(length, tf.float32)[..., None, None]
   i = tf.range(out_size, dtype=tf.float32)[:, None]
   src = offset + (i + 0.5) * (length / out_size) - 0.5  # [..., S, 1]
-  base = tf.floor(src)
-  step = tf.constant([-1.0, 0.0, 1.0, 2.0])
-  taps = base + step  # [..., S, 4]
-  w = _keys_cubic(tf.abs(src - taps))
-  w = tf.where((taps >= offset) & (taps <= offset + length - 1.0), w, 0.0)
-  w = w / tf.reduce_sum(w, axis=-1, keepdims=True)
   j = tf.range(in_size, dtype=tf.float32)
-  hits = tf.cast(tf.equal(taps[..., None], j), tf.float32)  # [..., S, 4, L]
-  return tf.reduce_sum(w[..., None] * hits, axis=-2)
+  # The 4 taps floor(src) - 1 .. floor(src) + 2 are the pixels closer than 2 (the
+  # kernel is 0 at 2), so the kernel is evaluated on every (output, input) pair.
+  w = _keys_cubic(tf.abs(src - j))  # [..., S, L]
+  w = tf.where((j >= offset) & (j <= offset + length - 1.0), w, 0.0)
+  return w / tf.reduce_sum(w, axis=-1, keepdims=True)
 
 
 def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,

@@ -1,0 +1,96 @@
+"""Multi-process JAX on one machine: 2 processes x 2 CPU devices, as two `main.py`
+commands joined through jax.distributed on 127.0.0.1 (gloo collectives), against
+1 process x 4 devices.
+
+How the comparison is made exact: with `config.data.process_sharding = "batch"` every
+process reads the same deterministic example stream and keeps its own rows of each
+global batch, so both layouts train on identical global batches (rows in the same
+device order); the per-step losses and the final parameters must then agree. The
+2-process job is killed (SIGKILL) after its first checkpoint and restarted: it must
+resume from the shared checkpoint directory and still match.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from tests import cli
+from tests.test_resume import assert_same_params, final_params
+
+pytestmark = pytest.mark.slow
+
+STEPS = 9
+RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=3", "--config.eval_every_steps=1000",
+       "--config.data.process_sharding=batch")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_job(workdir: str, port: int) -> list:
+  procs = []
+  for pid in range(2):
+    cmd = cli.main_command("configs/digits.py", workdir, *RUN,
+                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                           f"--process_id={pid}", "--initialization_timeout=120")
+    procs.append(cli.subprocess.Popen(cmd, env=cli.env(devices=2), cwd=cli.ROOT, text=True,
+                                      stdout=cli.subprocess.PIPE,
+                                      stderr=cli.subprocess.STDOUT))
+  return procs
+
+
+def wait_all(procs, timeout=600) -> list[str]:
+  outputs = []
+  for p in procs:
+    out, _ = p.communicate(timeout=timeout)
+    outputs.append(out)
+    assert p.returncode == 0, out[-6000:]
+  return outputs
+
+
+def wait_for_checkpoint(workdir: str, step: int, procs, timeout=600):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    if any(p.poll() is not None for p in procs) or time.time() > deadline:
+      raise AssertionError("job ended or stalled before its first checkpoint:\n" +
+                           "\n".join(p.stdout.read()[-3000:] for p in procs))
+    time.sleep(0.02)
+
+
+def test_two_processes_match_one_process_and_resume(tmp_path):
+  single = str(tmp_path / "single")
+  cli.run_main("configs/digits.py", single, *RUN, devices=4)
+
+  multi = str(tmp_path / "multi")
+  shutil.copytree(os.path.join(single, "tfds"), os.path.join(multi, "tfds"))
+  procs = start_job(multi, free_port())
+  wait_for_checkpoint(multi, 3, procs)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+  resumed_from = max(int(d) for d in os.listdir(os.path.join(multi, "checkpoints"))
+                     if d.isdigit())
+  assert 3 <= resumed_from < STEPS
+
+  outputs = wait_all(start_job(multi, free_port()))
+  assert any(f"Resumed from step {resumed_from}" in out for out in outputs)
+  assert all("process 1 of 2" in out or "process 0 of 2" in out for out in outputs)
+
+  expected, got = cli.losses_by_step(single), cli.losses_by_step(multi)
+  assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)],
+                             [expected[s] for s in range(1, STEPS + 1)], rtol=1e-5)
+  step_single, params_single = final_params(single)
+  step_multi, params_multi = final_params(multi)
+  assert step_single == step_multi == STEPS
+  assert_same_params(params_single, params_multi)
