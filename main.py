@@ -19,6 +19,8 @@ import jax
 from ml_collections import config_flags
 
 from simclr_jax import config_lib
+from simclr_jax import evaluate
+from simclr_jax import export
 from simclr_jax import models
 from simclr_jax import train
 
@@ -37,6 +39,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> the job; each takes (config, workdir).
 MODES = {
     "pretrain": train.pretrain_and_probe,
+    "linear_eval": evaluate.linear_eval,
+    "finetune": evaluate.finetune,
+    "knn": evaluate.knn_eval,
+    "export": export.export,
 }
 
 

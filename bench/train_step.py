@@ -63,6 +63,10 @@ def main(argv):
       "images_per_s": FLAGS.batch_size / median_s,
       "views_per_s": 2 * FLAGS.batch_size / median_s,
   }
+  if not flops and devices[0].platform != "cpu":
+    per_device = harness.make_config(FLAGS.preset, FLAGS.batch_size // len(devices),
+                                     FLAGS.dtype, FLAGS.width)
+    flops = harness.flops_on_cpu(per_device)
   if flops:
     # cost_analysis counts one device's program; the step runs on every device.
     achieved = flops * len(devices) / median_s / 1e12

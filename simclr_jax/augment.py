@@ -366,13 +366,15 @@ def blur_image(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
 
 def _jitter(x, order, brightness, contrast, saturation, hue):
-  for k in range(4):
-    branches = [lambda x=x: tf.clip_by_value(x * brightness, 0.0, 1.0),
-                lambda x=x: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),
-                lambda x=x: tf.clip_by_value(adjust_saturation(x, saturation), 0.0, 1.0),
-                lambda x=x: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0)]
-    x = tf.switch_case(order[k], branches)
-  return x
+  # A loop over the 4 slots (not unrolled): one copy of each op to compile.
+  def body(k, x):
+    branches = [lambda: tf.clip_by_value(x * brightness, 0.0, 1.0),
+                lambda: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),
+                lambda: tf.clip_by_value(adjust_saturation(x, saturation), 0.0, 1.0),
+                lambda: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0)]
+    return k + 1, tf.switch_case(order[k], branches)
+
+  return tf.while_loop(lambda k, _: k < 4, body, (tf.constant(0), x))[1]
 
 
 def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec,

@@ -567,35 +567,46 @@ class FinetuneNet(nn.Module):
       y = HeadPrefix(layers=self.head_layers, mode=mc["head_mode"],
                      num_layers=mc["head_num_layers"], out_dim=mc["proj_dim"], dtype=dtype,
                      name="head", **bn)(y, train)
-    kernel_init = (nn.initializers.zeros if self.zero_init_head
-                   else dense_kernel_init)
-    return nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=jnp.float32,
-                    param_dtype=jnp.float32, name="classifier")(y)
+    return nn.Dense(self.num_classes, kernel_init=_head_init(self.zero_init_head),
+                    dtype=jnp.float32, param_dtype=jnp.float32, name="classifier")(y)
 
 
 def finetune_variables(net: FinetuneNet, pretrained_variables: dict, image_size: int,
                        seed: int) -> dict:
-  """Fresh classifier + pretrained encoder (+ head prefix) variables for `net`."""
-  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-  fresh = jax.jit(lambda r: net.clone(axis_name=None).init(r, dummy, train=False))(
-      jax.random.PRNGKey(seed))
+  """Pretrained encoder (+ head prefix) variables and a fresh classifier for `net`.
+
+  Only the classifier is initialised (from its own shape): the rest is traced for its
+  shapes, never compiled.
+  """
+  dummy = jax.ShapeDtypeStruct((2, image_size, image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: net.clone(axis_name=None).init(
+      jax.random.PRNGKey(0), x, train=False), dummy)
   out = {}
   for kind in ("params", "batch_stats"):
-    tree = dict(fresh.get(kind, {}))
-    for name in tree:
+    tree = {}
+    for name, expected in shapes.get(kind, {}).items():
       if name == "classifier":
+        in_dim = expected["kernel"].shape[0]
+        tree[name] = nn.Dense(net.num_classes, kernel_init=_head_init(net.zero_init_head),
+                              dtype=jnp.float32, param_dtype=jnp.float32).init(
+                                  jax.random.PRNGKey(seed), jnp.zeros((1, in_dim)))["params"]
         continue
       source = pretrained_variables[kind][name]
       if name == "head":  # only the layers the net keeps
-        source = {k: v for k, v in source.items() if k in tree[name]}
-      _check_same_shapes(tree[name], source, f"{kind}/{name}")
+        source = {k: v for k, v in source.items() if k in expected}
+      _check_same_shapes(expected, source, f"{kind}/{name}")
       tree[name] = source
     out[kind] = tree
   return out
 
 
+def _head_init(zero: bool):
+  return nn.initializers.zeros if zero else dense_kernel_init
+
+
 def _check_same_shapes(expected, got, what: str) -> None:
-  shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+  shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a) if not hasattr(a, "shape")
+                                                  else a.shape), t)
   if shapes(expected) != shapes(got):
     raise ValueError(f"pretrained {what} does not fit the fine-tuning network "
                      "(the checkpoint's model config disagrees with its weights)")

@@ -199,3 +199,11 @@ def evaluate_knn(model, variables: Any, config: ml_collections.ConfigDict, *,
                      query_batch=config.knn.query_batch)
   return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
 
+
+
+def monitor(run, state) -> dict[str, float]:
+  """The pretraining hook (train.py, every config.knn_every_steps): kNN of `state`'s
+  encoder; `run` is the train.Run of the job."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return evaluate_knn(run.model, variables, run.config, data_dir=run.data_dir,
+                      mesh=run.mesh, num_classes=run.info.num_classes)

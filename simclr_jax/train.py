@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import checkpointing
 from simclr_jax import grad_cache
 from simclr_jax import input_pipeline
+from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import probe
@@ -180,6 +181,9 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
                      ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
       if eval_step is not None and (step % config.eval_every_steps == 0 or last):
         log.write(step, evaluate_probe(run, eval_step, state))
+      # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
+      if config.knn_every_steps > 0 and (step % config.knn_every_steps == 0 or last):
+        log.write(step, knn.monitor(run, state))
       stop = preempted.requested or ckpt.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or last or stop:
         check_finite(step, mean_metrics([metrics]))  # never checkpoint a broken state

@@ -40,8 +40,8 @@ def realistic_batch_stats(model, params, batch_stats, image_size, rng):
   inference mode while every statistic differs from the batch's own."""
   exact = model.clone(bn_momentum=0.0, axis_name=None)
   images = rng.uniform(size=(32, image_size, image_size, 3)).astype(np.float32)
-  _, mutated = exact.apply({"params": params, "batch_stats": batch_stats}, images,
-                           train=True, mutable=["batch_stats"])
+  _, mutated = jax.jit(lambda v, x: exact.apply(v, x, train=True, mutable=["batch_stats"]))(
+      {"params": params, "batch_stats": batch_stats}, images)
 
   def leaf(path, x):
     x = np.asarray(x)

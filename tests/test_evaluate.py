@@ -282,8 +282,8 @@ def test_linear_and_knn_config_errors(field, value, match):
 
 def test_plan_steps():
   group = pretrained_fixture.tiny_config().linear_eval
-  group.batch_size, group.num_epochs = 32, 2.5
-  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 8)  # round(2.5 x 3)
+  group.batch_size, group.num_epochs = 32, 2
+  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 6)  # remainder dropped
   group.num_train_steps = 5
   assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 5)
   with pytest.raises(config_lib.ConfigError, match="linear_eval.batch_size = 32"):

@@ -1,0 +1,115 @@
+"""End to end from the command line: pretrain briefly on digits, then linear evaluation
+(protocol and cached fast path), fine-tuning on 10% of the labels, kNN and export, each
+a `python main.py` run whose figures land in metrics.jsonl."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from simclr_jax import metric_log
+from tests import cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3
+
+
+def records(workdir):
+  return metric_log.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def final(workdir, key):
+  """The last record holding `key`."""
+  found = [r for r in records(workdir) if key in r]
+  assert found, f"no {key} in {workdir}/metrics.jsonl"
+  return found[-1]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A digits pretraining workdir (3 steps, kNN monitor on at the last step)."""
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  cli.run_main("configs/digits.py", workdir, *cli.TINY, f"--config.num_train_steps={STEPS}",
+               f"--config.checkpoint_every_steps={STEPS}", f"--config.knn_every_steps={STEPS}")
+  return workdir
+
+
+def eval_run(config, pretrained, workdir, *overrides):
+  """main.py on the pretrained workdir; reuses its digits build (config.data_dir)."""
+  cli.run_main(config, str(workdir), *cli.TINY, f"--config.init_from={pretrained}",
+               f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
+               "--config.log_every_steps=1", *overrides)
+  return str(workdir)
+
+
+def test_linear_eval(pretrained, tmp_path):
+  workdir = eval_run("configs/digits_linear_eval.py", pretrained, tmp_path,
+                     "--config.linear_eval.batch_size=64",
+                     "--config.linear_eval.num_train_steps=4")
+  result = final(workdir, "linear_eval_top1")
+  assert result["step"] == 4 and result["pretrain_step"] == STEPS
+  assert 0.0 <= result["linear_eval_top1"] <= result["linear_eval_top5"] <= 1.0
+  train = [r for r in records(workdir) if "linear_eval_train_loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["linear_eval_train_loss"]) for r in train)
+  assert not any(k.startswith("linear_eval_cached") for r in records(workdir) for k in r)
+  with open(os.path.join(workdir, "config_linear_eval.json")) as f:
+    assert json.load(f)["linear_eval"]["batch_size"] == 64
+
+
+def test_linear_eval_cached_fast_path_is_labelled(pretrained, tmp_path):
+  workdir = eval_run("configs/digits_linear_eval.py", pretrained, tmp_path,
+                     "--config.linear_eval.cached_features=True",
+                     "--config.linear_eval.batch_size=128",
+                     "--config.linear_eval.num_epochs=20",
+                     "--config.linear_eval.optim.base_lr=4.0")
+  result = final(workdir, "linear_eval_cached_top1")
+  assert "cached features" in result["protocol"]
+  assert not any("linear_eval_top1" in r for r in records(workdir))  # never the protocol's
+  # A trained classifier, well above the 10% of the zero-initialised one.
+  assert result["linear_eval_cached_top1"] > 0.25
+  assert result["linear_eval_cached_epochs"] == pytest.approx(20, rel=0.05)
+
+
+def test_finetune_on_ten_percent(pretrained, tmp_path):
+  workdir = eval_run("configs/digits_finetune.py", pretrained, tmp_path,
+                     "--config.finetune.batch_size=32", "--config.finetune.num_train_steps=3",
+                     "--config.finetune.from_projection_layer=1")
+  result = final(workdir, "finetune_top1")
+  assert result["finetune_label_fraction"] == 0.1
+  assert 130 <= result["finetune_num_labels"] <= 160  # ~10% of 1,437, class-balanced
+  assert result["finetune_from_projection_layer"] == 1
+  assert 0.0 <= result["finetune_top1"] <= result["finetune_top5"] <= 1.0
+  assert len([r for r in records(workdir) if "finetune_train_loss" in r]) == 3
+
+
+def test_knn_mode_matches_the_pretraining_monitor(pretrained, tmp_path):
+  workdir = eval_run("configs/digits.py", pretrained, tmp_path, "--config.mode=knn")
+  result = final(workdir, "knn_top1")
+  monitor = final(pretrained, "knn_top1")  # written by train.py at the last step
+  assert monitor["step"] == STEPS
+  assert result["knn_top1"] == monitor["knn_top1"]  # same encoder, same protocol
+  assert result["knn_top5"] == monitor["knn_top5"]
+  assert result["knn_k"] == 200 and result["knn_temperature"] == 0.1
+  assert result["knn_top1"] > 0.2  # chance is 0.1
+
+
+def test_export(pretrained, tmp_path):
+  export_dir = str(tmp_path / "exported")
+  workdir = eval_run("configs/digits.py", pretrained, tmp_path / "run", "--config.mode=export",
+                     f"--config.export.dir={export_dir}", "--config.export.platforms=('cpu',)")
+  result = final(workdir, "export_saved_model_max_abs_diff_h")
+  assert result["export_image_size"] == 16  # the pretraining's, not digits.py's 32
+  diffs = [v for k, v in result.items() if "max_abs_diff" in k]
+  assert len(diffs) == 5 and max(diffs) < 1e-5
+  assert sorted(os.listdir(export_dir)) == ["encoder.jax_export", "model.json",
+                                            "saved_model", "variables"]
+
+
+def test_missing_checkpoint_fails_clearly(tmp_path):
+  proc = cli.run_main("configs/digits_linear_eval.py", str(tmp_path / "run"), *cli.TINY,
+                      f"--config.init_from={tmp_path / 'nothing'}", check=False, timeout=300)
+  assert proc.returncode != 0
+  assert "does not exist" in proc.stderr and "nothing" in proc.stderr, proc.stderr[-2000:]
