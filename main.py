@@ -8,6 +8,7 @@ anything that JAX does not detect by itself pass --coordinator_address,
 """
 
 import json
+import logging as py_logging
 import os
 
 import simclr_jax  # noqa: F401  (sets XLA CPU flags before JAX starts its backend)
@@ -44,6 +45,15 @@ MODES = {
     "knn": evaluate.knn_eval,
     "export": export.export,
 }
+
+
+class QuietLibraries(py_logging.Filter):
+  """Keeps Orbax's and tfds's INFO chatter out of the console (warnings still show)."""
+  NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        part in record.pathname for part in self.NOISY)
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -84,6 +94,7 @@ def save_config(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(QuietLibraries())
   hide_accelerators_from_tensorflow()
   initialize_distributed()
   config = FLAGS.config

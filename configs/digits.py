@@ -1,7 +1,7 @@
 """The offline default (`make demo`): SimCLR on scikit-learn's 1,797 handwritten digits.
 
 Built into <workdir>/tfds on first use, no download. Sized to finish in minutes on two
-CPU cores: a ResNet-18 (CIFAR stem) at a quarter of the width on 32 px views.
+CPU cores: a ResNet-18 (CIFAR stem) at a quarter of the width on 16 px views.
 Afterwards linear probes on frozen h (all labels and 5 per class) compare the
 pretrained encoder with a randomly initialised one.
 """
@@ -16,7 +16,7 @@ def get_config():
   c.batch_size = 128
   c.eval_batch_size = 256
   c.num_epochs = 30
-  c.data.image_size = 32
+  c.data.image_size = 16  # the sources are 8x8: 16 px keeps every pixel, 4x cheaper than 32
   c.data.cache = True
   c.data.shuffle_buffer = 2048
   c.augment.flip = False  # digits are not mirror-symmetric

@@ -354,17 +354,6 @@ def to_grayscale(x: tf.Tensor) -> tf.Tensor:
   return tf.repeat(gray[..., None], 3, axis=-1)
 
 
-def blur_image(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-  """Separable blur of one image [H, W, C] by taps [2r + 1], SAME zero padding."""
-  taps = kernel.shape[0]
-  r = taps // 2
-  h, w = x.shape[0], x.shape[1]
-  xp = tf.pad(x, [[r, r], [0, 0], [0, 0]])
-  x = tf.add_n([kernel[j] * xp[j:j + h] for j in range(taps)])
-  xp = tf.pad(x, [[0, 0], [r, r], [0, 0]])
-  return tf.add_n([kernel[j] * xp[:, j:j + w] for j in range(taps)])
-
-
 def _jitter(x, order, brightness, contrast, saturation, hue):
   # A loop over the 4 slots (not unrolled): one copy of each op to compile.
   def body(k, x):
@@ -379,9 +368,8 @@ def _jitter(x, order, brightness, contrast, saturation, hue):
 
 def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec,
                   scale: float) -> tf.Tensor:
-  """Colour jitter, grayscale, clip, blur, clip of views [M, S, S, 3] (one XLA loop)."""
+  """Colour jitter, grayscale and clip of views [M, S, S, 3] (one XLA loop)."""
   m = views.shape[0]
-  radius = blur_radius(spec.image_size, spec.blur_kernel_fraction)
 
   def body(i, out):
     x = views[i] * scale
@@ -393,16 +381,35 @@ def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec
                   lambda: x)
     if spec.grayscale_prob > 0:
       x = tf.cond(params["gray"][i], lambda: to_grayscale(x), lambda: x)
-    x = tf.clip_by_value(x, 0.0, 1.0)
-    if spec.blur and radius > 0:
-      kernel = gaussian_kernel(params["sigma"][i], radius)
-      x = tf.cond(params["blur"][i],
-                  lambda: tf.clip_by_value(blur_image(x, kernel), 0.0, 1.0), lambda: x)
-    return i + 1, out.write(i, x)
+    return i + 1, out.write(i, tf.clip_by_value(x, 0.0, 1.0))
 
   out = tf.TensorArray(tf.float32, size=m, element_shape=views.shape[1:])
   _, out = tf.while_loop(lambda i, _: i < m, body, (tf.constant(0), out))
   return out.stack()
+
+
+def blur_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec) -> tf.Tensor:
+  """Blurs the views drawn for it (params["blur"]) with their own sigma; clips.
+
+  Only the selected views are blurred: gathered into the channels of one image and
+  filtered by a per-channel separable kernel (two depthwise convolutions, SAME zero
+  padding), then scattered back. views: [M, S, S, 3] in [0, 1].
+  """
+  radius = blur_radius(spec.image_size, spec.blur_kernel_fraction)
+  if not spec.blur or radius == 0:
+    return views
+  _, h, w, c = views.shape
+  taps = 2 * radius + 1
+  index = tf.where(params["blur"])[:, 0]
+  chosen = tf.gather(views, index)
+  n = tf.shape(chosen)[0]
+  kernel = gaussian_kernel(tf.gather(params["sigma"], index), radius)  # [n, taps]
+  kernel = tf.transpose(tf.repeat(kernel, c, axis=0))  # [taps, n c]: channel = (view, c)
+  x = tf.reshape(tf.transpose(chosen, [1, 2, 0, 3]), [1, h, w, n * c])
+  x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [taps, 1, n * c, 1]), [1, 1, 1, 1], "SAME")
+  x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [1, taps, n * c, 1]), [1, 1, 1, 1], "SAME")
+  x = tf.transpose(tf.reshape(x, [h, w, n, c]), [2, 0, 1, 3])
+  return tf.tensor_scatter_nd_update(views, index[:, None], tf.clip_by_value(x, 0.0, 1.0))
 
 
 @tf.function(jit_compile=True, reduce_retracing=False)
@@ -412,7 +419,7 @@ def _finish_views_xla(views, u, spec, scale):
 
 def finish_views(views: tf.Tensor, u: tf.Tensor, spec: ViewSpec,
                  scale: float = 1.0) -> tf.Tensor:
-  """Colour distortion, grayscale, (blur) and clip of a batch of resized views.
+  """Colour distortion, grayscale, clip and (spec.blur) blur of resized views.
 
   Args:
     views: [M, S, S, 3] float32 (bicubic output: may overshoot the value range).
@@ -423,7 +430,8 @@ def finish_views(views: tf.Tensor, u: tf.Tensor, spec: ViewSpec,
   Returns:
     float32 [M, S, S, 3] in [0, 1].
   """
-  return _finish_views_xla(views, u, spec, scale)
+  out = _finish_views_xla(views, u, spec, scale)
+  return blur_views(out, color_params(u, spec), spec)
 
 
 @tf.function(jit_compile=True, reduce_retracing=False)
@@ -438,9 +446,8 @@ def _augment_fixed_xla(images, u, spec):
   views = crop_resize_batch(images, windows, flip_draw(u, spec), size,
                             scale=1.0 / 255.0 if images.dtype == tf.uint8 else 1.0)
   flat_u = tf.reshape(u, [n * v, u.shape[-1]])
-  views = _finish_views(tf.reshape(views, [n * v, size, size, 3]),
-                        color_params(flat_u, spec), spec, 1.0)
-  return tf.reshape(views, [n, v, size, size, 3])
+  return _finish_views(tf.reshape(views, [n * v, size, size, 3]),
+                       color_params(flat_u, spec), spec, 1.0)
 
 
 def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
@@ -458,7 +465,10 @@ def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.T
     raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are smaller than "
                      f"the output size {spec.image_size} with crop augmentation disabled "
                      "(config.augment.crop = False takes a central crop)")
-  return _augment_fixed_xla(images, u, spec)
+  n, v, k = u.shape
+  flat = blur_views(_augment_fixed_xla(images, u, spec),
+                    color_params(tf.reshape(u, [n * v, k]), spec), spec)
+  return tf.reshape(flat, [n, v, spec.image_size, spec.image_size, 3])
 
 
 # ----------------------------------------------------------------------------------
@@ -492,35 +502,54 @@ def decode_window(encoded: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
-  """Crops, resizes and flips V views of one encoded image (float32 [V, S, S, 3], 0-255).
-
-  The union of the V windows is decoded once (only it, for a JPEG), so no view decodes
-  the full image and the image is decoded once, not once per view. Values are left in
-  0-255 (bicubic overshoot included): `finish_views(..., scale=1/255)` continues.
-  """
-  size = spec.image_size
-  hw = image_size_of(encoded)
-  if spec.crop:
-    windows = sample_crop_window(u, hw[0], hw[1], spec)
-  else:
-    tf.debugging.assert_greater_equal(
-        tf.reduce_min(hw), size,
-        message=f"an image is smaller than the output size {size} px with crop "
-                "augmentation disabled (config.augment.crop = False takes a central crop)")
-    windows = center_window(tf.fill([u.shape[0]], hw[0]), tf.fill([u.shape[0]], hw[1]),
-                            size)
-  top_left = tf.reduce_min(windows[:, :2], axis=0)
-  bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
-  union = decode_window(encoded, tf.concat([top_left, bottom_right - top_left], 0))
-  flips = flip_draw(u, spec)
+def _windows_to_views(pixels: tf.Tensor, windows: tf.Tensor, origin: tf.Tensor,
+                      flips: tf.Tensor, size: int) -> tf.Tensor:
+  """Crops windows (image coordinates) out of pixels starting at origin; resizes."""
   views = []
-  for v in range(u.shape[0]):
-    y, x = windows[v, 0] - top_left[0], windows[v, 1] - top_left[1]
-    crop = union[y:y + windows[v, 2], x:x + windows[v, 3]]
+  for v in range(windows.shape[0]):
+    y, x = windows[v, 0] - origin[0], windows[v, 1] - origin[1]
+    crop = pixels[y:y + windows[v, 2], x:x + windows[v, 3]]
     crop = tf.cond(flips[v], lambda c=crop: tf.reverse(c, axis=[1]), lambda c=crop: c)
     views.append(tf.image.resize(crop, [size, size], method="bicubic", antialias=False))
   return tf.stack(views)
+
+
+def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+  """Crops, resizes and flips V views of one encoded image (float32 [V, S, S, 3], 0-255).
+
+  A JPEG is decoded once, inside the union of the V windows only (its header gives
+  the size the windows are drawn for); other formats are decoded whole, once. Values
+  are left in 0-255 with the bicubic overshoot: `finish_views(..., scale=1/255)`
+  continues. With crop disabled the view is the central S x S window; an image
+  smaller than that is used whole (the input pipeline reports it as an error).
+  """
+  size = spec.image_size
+  num_views = u.shape[0]
+  flips = flip_draw(u, spec)
+
+  def windows_for(hw):
+    if spec.crop:
+      return sample_crop_window(u, hw[0], hw[1], spec)
+    side = tf.minimum(tf.reduce_min(hw), size)
+    return tf.tile(tf.stack([(hw[0] - side) // 2, (hw[1] - side) // 2, side, side])[None],
+                   [num_views, 1])
+
+  def jpeg():
+    windows = windows_for(tf.image.extract_jpeg_shape(encoded)[:2])
+    top_left = tf.reduce_min(windows[:, :2], axis=0)
+    bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+    union = tf.image.decode_and_crop_jpeg(
+        encoded, tf.concat([top_left, bottom_right - top_left], 0), channels=3)
+    return _windows_to_views(union, windows, top_left, flips, size)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    windows = windows_for(tf.shape(image)[:2])
+    return _windows_to_views(image, windows, tf.zeros([2], tf.int32), flips, size)
+
+  views = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  views.set_shape([num_views, size, size, 3])
+  return views
 
 
 def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tensor:
@@ -528,26 +557,29 @@ def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tenso
 
   crop=True: the official centre crop (87.5% of the shorter side), bicubic resize;
   crop=False (32 px datasets): the image itself, resized only if it is not S x S.
-  Accepts encoded bytes (JPEG decoded inside the window only) or a uint8 image.
+  Accepts encoded bytes (a JPEG is decoded inside the window only) or a uint8 image.
   """
-  encoded = encoded_or_image.dtype == tf.string
-  if encoded:
-    hw = image_size_of(encoded_or_image)
+  def window_of(hw):
+    return eval_window(hw[0], hw[1]) if crop else tf.stack([0, 0, hw[0], hw[1]])
+
+  def cut(image):
+    w = window_of(tf.shape(image)[:2])
+    return image[w[0]:w[0] + w[2], w[1]:w[1] + w[3]]
+
+  if encoded_or_image.dtype == tf.string:
+    encoded = encoded_or_image
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.image.decode_and_crop_jpeg(
+            encoded, window_of(tf.image.extract_jpeg_shape(encoded)[:2]), channels=3),
+        lambda: cut(tf.io.decode_image(encoded, channels=3, expand_animations=False)))
   else:
-    hw = tf.shape(encoded_or_image)[:2]
-  if crop:
-    window = eval_window(hw[0], hw[1])
-  else:
-    window = tf.stack([0, 0, hw[0], hw[1]])
-  if encoded:
-    image = decode_window(encoded_or_image, window)
-  else:
-    image = encoded_or_image[window[0]:window[0] + window[2],
-                             window[1]:window[1] + window[3]]
+    image = cut(encoded_or_image)
   image = tf.cast(image, tf.float32)
   same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
   image = tf.cond(same, lambda: tf.image.resize(image, [size, size], method="nearest"),
                   lambda: tf.image.resize(image, [size, size], method="bicubic",
                                           antialias=False))
-  return tf.clip_by_value(image / 255.0, 0.0, 1.0)
-
+  image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+  image.set_shape([size, size, 3])
+  return image

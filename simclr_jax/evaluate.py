@@ -40,6 +40,7 @@ from simclr_jax import knn as knn_lib
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import optim
+from simclr_jax import train
 from simclr_jax import train_step as ts
 from simclr_jax.models.heads import dense_kernel_init
 from simclr_jax.models.resnet import ResNet
@@ -289,21 +290,6 @@ def shard_supervised_step(step: Callable, mesh: jax.sharding.Mesh, num_inputs: i
   return jax.jit(mapped, donate_argnums=0)
 
 
-class Window:
-  """Means of per-step metrics over a logging window."""
-
-  def __init__(self):
-    self.items = []
-
-  def add(self, metrics) -> None:
-    self.items.append(metrics)
-
-  def pop_mean(self) -> dict[str, float]:
-    host = jax.device_get(self.items)
-    self.items = []
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
 # ----------------------------------------------------------------------------------
 # Linear evaluation.
 
@@ -360,23 +346,21 @@ def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
                      steps_per_epoch: int, on_eval: Callable | None = None,
                      eval_every: int = 0) -> SupervisedState:
   """Runs `total_steps` steps; logs `<prefix>train_*` means every `log_every` steps."""
-  window = Window()
+  window = []
   frozen_args = () if frozen is None else (frozen,)
   t0 = time.time()
   for step in range(1, total_steps + 1):
     state, metrics = step_fn(state, *frozen_args, ts.shard_batch(next(batches), mesh))
-    window.add(metrics)
+    window.append(metrics)
     last = step == total_steps
     if step % log_every == 0 or last:
-      summary = window.pop_mean()
+      summary, window = train.mean_metrics(window), []
       if not np.isfinite(summary["train_loss"]):
         raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
       summary = {prefix + k: v for k, v in summary.items()}
       summary[prefix + "epoch"] = step / steps_per_epoch
       summary[prefix + "seconds_per_step"] = (time.time() - t0) / step
-      log.write(step, summary)
-      logging.info("%s step %d/%d: %s", prefix.rstrip("_"), step, total_steps,
-                   ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+      log.write(step, summary)  # also logged to the console by clu
     if on_eval is not None and eval_every > 0 and step % eval_every == 0 and not last:
       log.write(step, on_eval(state))
   return state

@@ -66,6 +66,17 @@ class Source:
     """Shard (index, count) of `split` as (encoded string, int32 label) records."""
     raise NotImplementedError
 
+  def decode(self, record: tf.Tensor, label: tf.Tensor):
+    """A record of a fixed-size source as (uint8 [H, W, 3], label)."""
+    image = tf.io.decode_image(record, channels=3, expand_animations=False)
+    image.set_shape(self.image_shape)
+    return image, label
+
+  @property
+  def prepare(self) -> Callable | None:
+    """What turns records into images before caching: decoding, for fixed sizes."""
+    return self.decode if self.image_shape is not None else None
+
 
 def shard_bounds(num_examples: int, shard: tuple[int, int]) -> tuple[int, int]:
   """[start, end) of shard (index, count) of num_examples, as tfds.even_splits."""
@@ -242,6 +253,34 @@ def _held_out_split(files, labels):
   return pick(~test), pick(test)
 
 
+class ArraySource(Source):
+  """In-memory images (benchmarks, tests): uint8 [N, H, W, 3] or encoded strings.
+
+  One split, "train".
+  """
+
+  def __init__(self, images, labels, num_classes: int, name: str = "arrays"):
+    self.name = name
+    self.images = images
+    self.labels = np.asarray(labels, np.int32)
+    self.num_classes = num_classes
+    self.encoded = not isinstance(images, np.ndarray) or images.dtype.kind in "SOU"
+    self.image_shape = None if self.encoded else tuple(images.shape[1:])
+
+  def num_examples(self, split):
+    if split != "train":
+      raise ValueError(f"unknown split {split!r} of {self.name!r}; its splits are ['train']")
+    return len(self.labels)
+
+  def records(self, split, shard, *, shuffle_files, seed):
+    start, end = shard_bounds(self.num_examples(split), shard)
+    return tf.data.Dataset.from_tensor_slices((self.images[start:end],
+                                               self.labels[start:end]))
+
+  def decode(self, record, label):
+    return (record, label) if not self.encoded else super().decode(record, label)
+
+
 def default_data_dir(config, workdir: str) -> str | None:
   """config.data_dir, else <workdir>/tfds for "digits", else None (tfds's default)."""
   if config.data_dir:
@@ -322,7 +361,7 @@ def _seed_pair(*values) -> tf.Tensor:
 
 def _epoch_shuffle_seed(seed: int, epoch: tf.Tensor, shard: int) -> tf.Tensor:
   s = _seed_pair(seed, shard, epoch, -1)
-  return tf.math.abs(s[0] ^ s[1]) % (2 ** 62)
+  return tf.math.floormod(tf.bitwise.bitwise_xor(s[0], s[1]), 2 ** 62)
 
 
 @dataclasses.dataclass
@@ -378,15 +417,6 @@ def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, sha
     ds = ds.map(lambda data, label, s: (prepare(data, label)[0], label, s),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds
-
-
-def _decode_fixed(shape) -> Callable:
-  """Decodes a record of a fixed-size dataset: uint8 [H, W, 3]."""
-  def prepare(encoded, label):
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape(shape)
-    return image, label
-  return prepare
 
 
 def _options(config, deterministic: bool) -> tf.data.Options:
@@ -479,20 +509,22 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
 
   skip_bad = isinstance(source, FolderSource)  # a user's files: skip what won't decode
 
-  def header(encoded, label, seed):
-    return encoded, label, seed, aug.image_size_of(encoded)
-
-  def check(encoded, label, seed, hw):
-    if not spec.crop:  # an error, not a decoding failure to skip: checked on its own
-      tf.debugging.assert_greater_equal(
-          tf.reduce_min(hw), size, message=f"dataset {source.name!r} has an image smaller "
-          f"than the output size {size} px with crop augmentation disabled "
-          "(config.augment.crop = False takes a central crop)")
-    return encoded, label, seed
-
   def per_example(encoded, label, seed):
     u = aug.view_uniforms(seed, num_views, spec)
-    return aug.decode_views(encoded, u, spec), label, u
+    if spec.crop:
+      small = tf.constant(False)
+    else:
+      small = tf.reduce_min(aug.image_size_of(encoded)) < size
+    return aug.decode_views(encoded, u, spec), label, u, small
+
+  def check(views, label, u, small):
+    # After the skipping of undecodable files, which would swallow this error too.
+    if not spec.crop:
+      tf.debugging.assert_equal(
+          small, False, message=f"dataset {source.name!r} has an image smaller than the "
+          f"output size {size} px with crop augmentation disabled (config.augment.crop = "
+          "False takes a central crop)")
+    return views, label, u
 
   def per_batch(views, labels, u):
     flat = tf.reshape(views, [batch * num_views, size, size, 3])
@@ -500,16 +532,10 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
                            scale=1.0 / 255.0)
     return {"views": tf.reshape(out, [batch, num_views, size, size, 3]), "label": labels}
 
-  ds = stream
-  if skip_bad or not spec.crop:
-    ds = ds.map(header, num_parallel_calls=par, deterministic=deterministic)
-    if skip_bad:
-      ds = ds.ignore_errors(log_warning=True)
-    ds = ds.map(check)
-  ds = ds.map(per_example, num_parallel_calls=par, deterministic=deterministic)
+  ds = stream.map(per_example, num_parallel_calls=par, deterministic=deterministic)
   if skip_bad:
     ds = ds.ignore_errors(log_warning=True)
-  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.map(check).batch(batch, drop_remainder=True)
   ds = ds.map(per_batch, num_parallel_calls=par, deterministic=deterministic)
   return ds.with_options(_options(config, deterministic))
 
@@ -525,14 +551,20 @@ def create_pretrain_dataset(config, *, data_dir: str | None, start_step: int = 0
   `start_step`: the number of batches already consumed (resume); with
   config.data.deterministic the stream continues exactly where it was.
   """
+  return pretrain_batches(get_source(config, data_dir), config, start_step=start_step,
+                          process_index=process_index, process_count=process_count)
+
+
+def pretrain_batches(source: Source, config, *, start_step: int = 0,
+                     process_index: int | None = None,
+                     process_count: int | None = None) -> tf.data.Dataset:
+  """`create_pretrain_dataset` for a given source (config.train_split of it)."""
   process = _process(process_index, process_count)
   batch = _local_batch(config.batch_size, process, "batch_size")
-  source = get_source(config, data_dir)
   spec = aug.ViewSpec.pretrain(config)
-  prepare = _decode_fixed(source.image_shape) if source.image_shape else None
   stream, deterministic = _source_stream(
       source, config.train_split, config, process=process, local_batch=batch,
-      global_batch=config.batch_size, start_step=start_step, prepare=prepare)
+      global_batch=config.batch_size, start_step=start_step, prepare=source.prepare)
   ds = _augmented_batches(stream, source, spec, 2, batch, config, deterministic)
   ds = ds.map(lambda ex: {"image1": ex["views"][:, 0], "image2": ex["views"][:, 1],
                           "label": ex["label"]})
@@ -583,10 +615,9 @@ def create_supervised_dataset(config, *, data_dir: str | None, split: str | None
   selected = None
   if label_fraction < 1.0:
     selected = _selected_indices(source, split, label_fraction, int(config.seed))
-  prepare = _decode_fixed(source.image_shape) if source.image_shape else None
   stream, deterministic = _source_stream(
       source, split, config, process=process, local_batch=batch,
-      global_batch=config.batch_size, start_step=start_step, prepare=prepare,
+      global_batch=config.batch_size, start_step=start_step, prepare=source.prepare,
       selected=selected)
   if augment:
     spec = aug.ViewSpec.crop_flip(config)
@@ -627,6 +658,8 @@ def create_eval_dataset(config, *, data_dir: str | None, split: str | None = Non
   num_batches = -(-(largest[1] - largest[0]) // batch_size)
   size, crop = int(config.data.image_size), _eval_crop(config)
   records = source.records(split, shard, shuffle_files=False, seed=0)
+  if source.prepare is not None:
+    records = records.map(source.prepare, num_parallel_calls=_parallel(config))
 
   def preprocess(encoded, label):
     return {"image": aug.eval_view(encoded, size, crop=crop), "label": label,

@@ -176,9 +176,7 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
         window = []
         check_finite(step, summary)
         summary.update(rate(step), epoch=step / run.steps_per_epoch)
-        log.write(step, summary)
-        logging.info("step %d/%d: %s", step, run.total_steps,
-                     ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+        log.write(step, summary)  # also logged to the console by clu
       if eval_step is not None and (step % config.eval_every_steps == 0 or last):
         log.write(step, evaluate_probe(run, eval_step, state))
       # kNN monitor (knn.py), off unless config.knn_every_steps > 0.

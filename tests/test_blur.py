@@ -46,13 +46,17 @@ def test_gaussian_blur_matches_numpy_per_image_sigma():
 
 def test_device_blur_equals_tf_data_blur():
   rng = np.random.default_rng(1)
-  image = rng.uniform(0, 1, [24, 24, 3]).astype(np.float32)
-  for sigma in (0.1, 0.7, 1.9):
-    kernel = augment.gaussian_kernel(tf.constant(sigma), 5)
-    tf_out = augment.blur_image(tf.constant(image), kernel).numpy()
-    jax_out = np.asarray(blur.gaussian_blur(jnp.asarray(image[None]),
-                                            jnp.asarray([sigma]), 5))[0]
-    np.testing.assert_allclose(jax_out, tf_out, atol=1e-6)
+  images = rng.uniform(0, 1, [4, 24, 24, 3]).astype(np.float32)
+  sigma = np.array([0.1, 0.7, 1.3, 1.9], np.float32)
+  spec = augment.ViewSpec(image_size=24, blur=True, blur_kernel_fraction=0.5)
+  params = {"blur": tf.constant([True, True, False, True]), "sigma": tf.constant(sigma)}
+  tf_out = augment.blur_views(tf.constant(images), params, spec).numpy()
+  radius = blur.kernel_radius(24, 0.5)
+  jax_out = np.clip(np.asarray(blur.gaussian_blur(jnp.asarray(images), jnp.asarray(sigma),
+                                                  radius)), 0, 1)
+  for i in (0, 1, 3):
+    np.testing.assert_allclose(jax_out[i], tf_out[i], atol=1e-6)
+  np.testing.assert_array_equal(tf_out[2], images[2])  # not drawn: untouched
 
 
 def _random_blur(rng, images, prob=0.5, sigma_range=(0.1, 2.0), kernel_fraction=0.5):
