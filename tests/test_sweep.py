@@ -260,6 +260,7 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
   command = [sys.executable, "-m", "simclr_jax.sweep", "--config=configs/digits_sweep.py",
              f"--sweep_dir={sweep_dir}", "--batch_sizes=128,256", "--epochs=0.4",
              "--config.model.width_multiplier=0.125", "--config.data.image_size=16",
+             "--config.model.proj_dim=32",
              "--config.probe.draws=2", "--config.probe.random_init_baseline=False"]
 
   def run():
@@ -281,7 +282,8 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
   assert os.path.getsize(os.path.join(sweep_dir, "scaling.png")) > 10_000
   with open(os.path.join(sweep_dir, "b128_e0.4", "config_pretrain.json")) as f:
     saved = json.load(f)
-  assert saved["batch_size"] == 128 and saved["model"]["width_multiplier"] == 0.125
+  assert saved["batch_size"] == 128 and saved["num_epochs"] == 0.4
+  assert saved["model"]["proj_dim"] == 32  # the overrides reach every run
 
   mtimes = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "metrics.jsonl"))
             for r in table}
