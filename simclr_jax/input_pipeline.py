@@ -19,9 +19,10 @@ accelerators.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -281,6 +282,11 @@ class ArraySource(Source):
     return (record, label) if not self.encoded else super().decode(record, label)
 
 
+@functools.lru_cache(maxsize=8)
+def _folder_source(root: str) -> FolderSource:
+  return FolderSource(root)  # listing and checking a large folder takes a while: once
+
+
 def default_data_dir(config, workdir: str) -> str | None:
   """config.data_dir, else <workdir>/tfds for "digits", else None (tfds's default)."""
   if config.data_dir:
@@ -294,7 +300,7 @@ def get_source(config, data_dir: str | None) -> Source:
   """The dataset named by config.dataset (a tfds name, "digits" or "folder:/path")."""
   name = config.dataset
   if name.startswith(FOLDER_PREFIX):
-    return FolderSource(name[len(FOLDER_PREFIX):])
+    return _folder_source(name[len(FOLDER_PREFIX):])
   if name == "digits":
     from simclr_jax import datasets  # pylint: disable=import-outside-toplevel
     if data_dir is None:
@@ -362,13 +368,6 @@ def _seed_pair(*values) -> tf.Tensor:
 def _epoch_shuffle_seed(seed: int, epoch: tf.Tensor, shard: int) -> tf.Tensor:
   s = _seed_pair(seed, shard, epoch, -1)
   return tf.math.floormod(tf.bitwise.bitwise_xor(s[0], s[1]), 2 ** 62)
-
-
-@dataclasses.dataclass
-class _Stream:
-  """An endless example stream: elements (data, label, seed[2])."""
-  dataset: tf.data.Dataset
-  epoch_size: int
 
 
 def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, shard: int,

@@ -36,15 +36,14 @@ from ml_collections import config_flags
 from simclr_jax import config_lib
 from simclr_jax import optim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "main.py")
+MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 # The record pretrain_and_probe writes last, once the run is complete.
 FINAL_KEY = "linear_probe_top1"
 RUN_FILE = "sweep_run.json"  # per-run: its command and each invocation's wall time
 LOG_FILE = "sweep_log.txt"  # per-run: main.py's stdout and stderr, appended
 FIXED_COLUMNS = ("batch_size", "epochs", "status", "steps", "peak_lr", "linear_probe_top1",
                  "eval_probe_top1", "final_loss", "final_contrast_acc", "images_per_s",
-                 "wall_minutes", "sweep_wall_minutes", "workdir")
+                 "wall_minutes", "sweep_wall_minutes", "run")
 
 # A runner executes one command (argv list) with stdout/stderr appended to a log file
 # and returns its exit status; tests replace it with a fake.
@@ -180,9 +179,10 @@ def _write_run_file(workdir: str, record: dict) -> None:
 
 
 def subprocess_runner(argv: list[str], log_path: str) -> int:
-  """Runs argv from the repository root, appending its output to log_path."""
+  """Runs argv in this process's directory (so that relative --config and --workdir
+  paths mean what they meant to the sweep), appending its output to log_path."""
   with open(log_path, "a") as log:
-    return subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
                           check=False).returncode
 
 
@@ -234,7 +234,7 @@ def summarize(spec: RunSpec) -> dict:
   """One CSV row: the run's final metrics (empty cells where absent)."""
   records = read_metrics(spec.workdir)
   row = {"batch_size": spec.batch_size, "epochs": spec.epochs, "peak_lr": spec.peak_lr,
-         "workdir": spec.workdir}
+         "run": os.path.basename(spec.workdir)}
   final = next((r for r in reversed(records) if FINAL_KEY in r), None)
   row["status"] = "finished" if final else ("unfinished" if records else "missing")
   if records:
@@ -311,7 +311,7 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
     ax.set_xlabel("global batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  ax_acc.set_ylabel("linear probe top-1 (%)")
+  ax_acc.set_ylabel("top-1 on the test split (%)")
   ax_acc.set_title("accuracy vs batch size")
   ax_rate.set_ylabel("examples / s (B / step time, median)")
   ax_rate.set_title("throughput vs batch size")

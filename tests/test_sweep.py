@@ -4,7 +4,6 @@ All but the last test use a fake runner that writes metrics.jsonl the way main.p
 without training; the last one runs a real 2-run sweep end to end (slow).
 """
 
-import csv
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from configs import base
 from simclr_jax import sweep
 
-NUM_TRAIN = 1437  # digits train split
+NUM_TRAIN = 1438  # digits train split
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -213,6 +212,7 @@ def test_results_csv_and_png_from_the_runs_metrics(tmp_path):
 
   table = sweep.read_csv(os.path.join(tmp_path, "results.csv"))
   assert [r["batch_size"] for r in table] == ["32", "64", "128", "32", "64", "128"]
+  assert [r["run"] for r in table] == [os.path.basename(s.workdir) for s in specs]
   assert list(table[0])[:len(sweep.FIXED_COLUMNS)] == list(sweep.FIXED_COLUMNS)
   assert {"linear_probe_5shot_top1", "random_init_linear_probe_top1"} <= set(table[0])
   assert [r["status"] for r in table] == ["finished"] * 5 + ["missing"]
@@ -285,8 +285,8 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
   assert saved["batch_size"] == 128 and saved["num_epochs"] == 0.4
   assert saved["model"]["proj_dim"] == 32  # the overrides reach every run
 
-  mtimes = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "metrics.jsonl"))
-            for r in table}
+  workdirs = [os.path.join(sweep_dir, r["run"]) for r in table]
+  mtimes = {w: os.path.getmtime(os.path.join(w, "metrics.jsonl")) for w in workdirs}
   proc = run()
   assert "finished before, skipped" in proc.stderr
   for workdir, mtime in mtimes.items():
