@@ -93,4 +93,6 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   step_single, params_single = final_params(single)
   step_multi, params_multi = final_params(multi)
   assert step_single == step_multi == STEPS
-  assert_same_params(params_single, params_multi)
+  # gloo's all-reduce sums in another order than the in-process one; over 9 LARS steps
+  # that leaves ~3e-6 on parameters of norm ~0.01 (the zero-initialised BN scales).
+  assert_same_params(params_single, params_multi, rtol=1e-4, atol=2e-5)

@@ -37,11 +37,11 @@ def final_params(workdir: str) -> tuple[int, dict]:
   return step, state["params"]
 
 
-def assert_same_params(a: dict, b: dict):
+def assert_same_params(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6):
   leaves_a, leaves_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
   assert leaves_a.keys() == leaves_b.keys() and len(leaves_a) > 50
   for k in leaves_a:
-    np.testing.assert_allclose(leaves_a[k], leaves_b[k], rtol=1e-5, atol=1e-6, err_msg=str(k))
+    np.testing.assert_allclose(leaves_a[k], leaves_b[k], rtol=rtol, atol=atol, err_msg=str(k))
 
 
 @pytest.fixture(scope="module")
