@@ -42,7 +42,7 @@ def time_nt_xent(mesh, global_batch: int, dim: int, steps: int) -> float:
     grad = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature=0.1, axis_name=ts.AXIS)[0],
                     argnums=(0, 1))
     g_a, g_b = grad(z_a, z_b)
-    return jnp.sum(g_a) + jnp.sum(g_b)
+    return (jnp.sum(g_a) + jnp.sum(g_b))[None]  # one value per device
   fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(ts.AXIS), P(ts.AXIS)),
                              out_specs=P(ts.AXIS), check_vma=False))
   key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
