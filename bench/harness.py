@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
+from simclr_jax import grad_cache  # noqa: E402
 from simclr_jax import models  # noqa: E402
 from simclr_jax import train_step as ts  # noqa: E402
 
@@ -36,14 +37,20 @@ def make_config(preset: str, batch_size: int, dtype: str, width: float = 1.0,
 
 
 def build_step(config, devices, num_classes: int = 1000):
-  """(jitted step, replicated state, sharded synthetic batch) on `devices`."""
+  """(jitted step, replicated state, sharded synthetic batch) on `devices`.
+
+  config.loss.chunks > 1 uses the gradient cache, as the training program does.
+  """
   mesh = ts.make_mesh(devices)
   model = models.create_model(config.model, num_classes=num_classes if config.model.online_probe
                               else 0, axis_name=ts.AXIS)
   tx, schedule = ts.create_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)
   state = ts.replicate(state, mesh)
-  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config), mesh)
+  grad_fn = (grad_cache.make_chunked_grad_fn(model, config) if config.loss.chunks > 1
+             else None)
+  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config, grad_fn=grad_fn),
+                             mesh)
   rng = np.random.default_rng(0)
   s = config.data.image_size
   shape = (config.batch_size, s, s, 3)

@@ -1,4 +1,5 @@
-"""The batch-size sweep's base config (`python -m simclr_jax.sweep`, docs/scaling.md).
+"""The batch-size sweep's base config (`python -m simclr_jax.sweep`; README's "Batch-size
+scaling").
 
 configs/digits.py made small enough for a grid of 8 runs in about 15 minutes on two CPU
 cores: a ResNet-18 (CIFAR stem) at 1/8 width on 16 px views (the digits are 8 x 8

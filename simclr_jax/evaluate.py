@@ -42,6 +42,7 @@ from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
 from simclr_jax import train_step as ts
+from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.heads import dense_kernel_init
 from simclr_jax.models.resnet import ResNet
 from simclr_jax.models.simclr import parse_dtype
@@ -491,39 +492,8 @@ def _linear_eval_cached(setup: Setup) -> dict[str, float]:
 
 def head_layer_count(model_config: ConfigDict) -> int:
   """Layers of the projection head (0 for "none", 1 for "linear")."""
-  return {"none": 0, "linear": 1}.get(model_config.head_mode, model_config.head_num_layers)
-
-
-class HeadPrefix(nn.Module):
-  """The first `layers` layers of `ProjectionHead` (same parameter names and maths).
-
-  Returns the head's hidden output `layers` ([B, width] float32), what the classifier
-  sees when fine-tuning from a projection-head layer (SimCLR v2).
-  """
-  layers: int
-  mode: str = "nonlinear"
-  num_layers: int = 2
-  out_dim: int = 128
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, h: jax.Array, train: bool) -> jax.Array:
-    total = {"none": 0, "linear": 1}.get(self.mode, self.num_layers)
-    y = h
-    for j in range(self.layers):
-      last = j == total - 1
-      y = nn.Dense(self.out_dim if last else y.shape[-1], use_bias=False, dtype=self.dtype,
-                   param_dtype=jnp.float32, name=f"dense_{j}")(y)
-      y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype,
-                       param_dtype=jnp.float32, axis_name=self.axis_name,
-                       name=f"bn_{j}")(y)
-      if not last:
-        y = nn.relu(y)
-    return y.astype(jnp.float32)
+  return ProjectionHead(mode=model_config.head_mode, num_layers=model_config.head_num_layers,
+                        out_dim=model_config.proj_dim).total_layers
 
 
 class FinetuneNet(nn.Module):
@@ -548,9 +518,9 @@ class FinetuneNet(nn.Module):
     y = ResNet(depth=mc["depth"], width_multiplier=mc["width_multiplier"],
                cifar_stem=mc["cifar_stem"], dtype=dtype, name="encoder", **bn)(x, train)
     if self.head_layers > 0:
-      y = HeadPrefix(layers=self.head_layers, mode=mc["head_mode"],
-                     num_layers=mc["head_num_layers"], out_dim=mc["proj_dim"], dtype=dtype,
-                     name="head", **bn)(y, train)
+      y = ProjectionHead(mode=mc["head_mode"], num_layers=mc["head_num_layers"],
+                         out_dim=mc["proj_dim"], dtype=dtype, layers=self.head_layers,
+                         name="head", **bn)(y, train)
     return nn.Dense(self.num_classes, kernel_init=_head_init(self.zero_init_head),
                     dtype=jnp.float32, param_dtype=jnp.float32, name="classifier")(y)
 

@@ -13,17 +13,17 @@ network from the loss instead:
      the embedding gradient, summing the parameter gradients over chunks.
 
 Peak memory is one chunk's activations plus the embeddings. The price is a second
-forward pass per step (about 1/3 more compute). Measured on one H100 (docs/scaling.md):
-ResNet-18, B = 2048 at 32 px, XLA's temporary memory 19.6 GB -> 5.7 GB (4 chunks) ->
-1.6 GB (16 chunks) for 1.3x and 1.6x the step time. On the CPU backend (jaxlib 0.10.2)
+forward pass per step (about 1/3 more compute). Measured on one H100 (README,
+"Batch-size scaling"): ResNet-18, B = 2048 at 32 px, XLA's temporary memory 19.6 GB
+-> 5.7 GB (4 chunks) -> 1.6 GB (16 chunks) for 1.3x and 1.6x the step time. On the CPU backend (jaxlib 0.10.2)
 XLA leaves the weight-gradient convolutions inside a loop in a slow form: there a
-chunked step is about 10x slower than the unchunked one (docs/scaling.md).
+chunked step is about 10x slower than the unchunked one (README, "Batch-size scaling").
 
 Exactness: the contrastive loss, its metrics and its gradient with respect to the
 embeddings are those of the unchunked step for the same embeddings. BatchNorm is the one
 difference: every BN layer normalises a chunk with that chunk's own statistics, so the
 parameter gradients are the exact gradients of the network whose BN statistics are
-computed per chunk, not per batch (docs/scaling.md spells this out).
+computed per chunk, not per batch (README "Batch-size scaling" spells this out).
 
 Chunk layout: chunk c of a device's n pairs holds pairs c, c + C, c + 2C, ... (both
 views). Since every device holds a contiguous block of n pairs and C divides n, global
@@ -166,7 +166,7 @@ def make_chunked_grad_fn(model, config: ml_collections.ConfigDict) -> Callable:
   if chunks > 1 and jax.default_backend() == "cpu":
     logging.warning("loss.chunks = %d on the CPU backend: XLA runs the weight-gradient "
                     "convolutions inside the chunk loop ~25x slower than outside it; "
-                    "expect a much slower step (docs/scaling.md)", chunks)
+                    "expect a much slower step (README, 'Batch-size scaling')", chunks)
 
   def grad_fn(params, batch_stats, images, labels):
     if labels.shape[0] != images.shape[0]:

@@ -44,7 +44,8 @@ def recompute_batch_stats(model, variables: dict, batches: Iterable[dict]) -> di
   return {**variables, "batch_stats": jax.tree.map(lambda s: s / weight, total)}
 
 
-def extract_features(model, variables: dict, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(model, variables: dict,
+                     batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
   """h for every real (mask True) example: ([N, C] float32, [N] int labels)."""
   inference = model.clone(axis_name=None)
   encode = jax.jit(lambda x: inference.apply(variables, x, train=False, method="encode"))

@@ -81,7 +81,7 @@ def test_init_from_defaults_to_workdir(pretrain_dir):
 @pytest.mark.parametrize("mode,num_layers", [("nonlinear", 3), ("nonlinear", 2),
                                              ("linear", 1), ("none", 1)])
 @pytest.mark.parametrize("train", [False, True])
-def test_head_prefix_equals_projection_head_hiddens(mode, num_layers, train):
+def test_head_prefix_equals_whole_head_hiddens(mode, num_layers, train):
   rng = np.random.default_rng(0)
   h = jnp.asarray(rng.normal(size=(6, 12)).astype(np.float32))
   head = ProjectionHead(mode=mode, num_layers=num_layers, out_dim=5)
@@ -90,12 +90,15 @@ def test_head_prefix_equals_projection_head_hiddens(mode, num_layers, train):
   kwargs = {"mutable": ["batch_stats"]} if train else {}
   out = head.apply(variables, h, train=train, return_hidden=True, **kwargs)
   hiddens = (out[0] if train else out)[1]
-  total = {"none": 0, "linear": 1}.get(mode, num_layers)
+  total = head.total_layers
+  assert total == {"none": 0, "linear": 1}.get(mode, num_layers)
   assert len(hiddens) == total + 1
   for k in range(total + 1):
-    prefix = evaluate.HeadPrefix(layers=k, mode=mode, num_layers=num_layers, out_dim=5)
+    prefix = ProjectionHead(mode=mode, num_layers=num_layers, out_dim=5, layers=k)
     sub = {kind: {n: v for n, v in tree.items() if int(n.split("_")[1]) < k}
            for kind, tree in variables.items()}
+    own = prefix.init(jax.random.PRNGKey(2), h, train=False)  # only layers < k exist
+    assert sorted(own.get("params", {})) == sorted(sub.get("params", {})), f"k={k}"
     got = prefix.apply(sub, h, train=train, **kwargs)
     got = got[0] if train else got
     np.testing.assert_allclose(got, hiddens[k], rtol=1e-6, atol=1e-6, err_msg=f"k={k}")

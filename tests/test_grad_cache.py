@@ -1,8 +1,8 @@
 """The gradient cache (simclr_jax/grad_cache.py): exact chunked NT-Xent gradients.
 
-What must hold (see docs/scaling.md): for the same embeddings, the chunked loss and its
-gradient w.r.t. the embeddings are the unchunked ones; the parameter gradients are the
-exact gradients of the network whose BN statistics are computed per chunk, hence equal
+What must hold (the README's "Batch-size scaling"): for the same embeddings, the chunked
+loss and its gradient w.r.t. the embeddings are the unchunked ones; the parameter
+gradients are the exact gradients of the network whose BN statistics are computed per chunk, hence equal
 to the unchunked step's for a network without batch-dependent layers; and on k devices
 the chunked step equals the chunked step on one device for the same global batch.
 """
@@ -222,7 +222,7 @@ def test_resnet_gets_the_gradients_of_per_chunk_batchnorm():
 
 
 def test_batchnorm_makes_chunking_visible():
-  """With BN the chunked step is NOT the whole-batch step (what docs/scaling.md says):
+  """With BN the chunked step is NOT the whole-batch step (what the README says):
   the running statistics get C updates (momentum 0.9 twice) from per-chunk moments."""
   model = ToySimCLR(norm="batch", axis_name=ts.AXIS)
   params, stats = init(model)

@@ -645,6 +645,8 @@ def test_global_bn_under_shard_map_matches_single_device():
     (lambda: ProjectionHead("mlp"), "mlp"),
     (lambda: ProjectionHead(num_layers=0), "num_layers.*0"),
     (lambda: ProjectionHead(out_dim=0), "out_dim.*0"),
+    (lambda: ProjectionHead(num_layers=2, layers=3), r"layers.*\[0, 2\].*3"),
+    (lambda: ProjectionHead("linear", layers=-1), r"\[0, 1\].*-1"),
     (lambda: SimCLRModel(depth=20), "20"),
     (lambda: SimCLRModel(depth=18, head_mode="deep"), "deep"),
     (lambda: SimCLRModel(depth=18, num_classes=-1), "-1"),

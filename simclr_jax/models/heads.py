@@ -47,6 +47,9 @@ class ProjectionHead(nn.Module):
     out_dim: size of z (ignored by "none").
     dtype: compute dtype; parameters and BN statistics stay float32.
     bn_momentum, bn_epsilon, axis_name: as in ResNet.
+    layers: run only the first `layers` layers (None: all) and return the last one's
+      output; only those layers' parameters exist. Fine-tuning from a head layer
+      (SimCLR v2) builds its network with this.
   """
   mode: str = "nonlinear"
   num_layers: int = 2
@@ -55,11 +58,22 @@ class ProjectionHead(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  layers: int | None = None
 
   def __post_init__(self):
     check_head_args(self.mode, self.num_layers, self.out_dim)
     check_bn_args(self.bn_momentum, self.bn_epsilon)
+    if self.layers is not None and not (_is_int(self.layers)
+                                        and 0 <= self.layers <= self.total_layers):
+      raise ValueError(f"Projection head layers must be an int in [0, {self.total_layers}] "
+                       f"(a {self.mode!r} head with num_layers={self.num_layers}), got "
+                       f"{self.layers!r}.")
     super().__post_init__()
+
+  @property
+  def total_layers(self) -> int:
+    """Layers of the whole head: 0 ("none"), 1 ("linear") or num_layers."""
+    return {"none": 0, "linear": 1}.get(self.mode, self.num_layers)
 
   @nn.compact
   def __call__(self, h: Array, train: bool, return_hidden: bool = False):
@@ -73,19 +87,15 @@ class ProjectionHead(nn.Module):
         SimCLR v2 does.
 
     Returns:
-      z: [B, out_dim] float32 ([B, C] for "none"); or (z, hiddens).
+      z: [B, out_dim] float32 ([B, C] for "none"; the output of layer `layers` when
+        set); or (z, hiddens).
     """
     if h.ndim != 2:
       raise ValueError(f"ProjectionHead expects features [B, C], got shape {h.shape}.")
     hiddens = [h.astype(jnp.float32)]
-    if self.mode == "none":
-      num_layers = 0
-    elif self.mode == "linear":
-      num_layers = 1
-    else:
-      num_layers = self.num_layers
+    num_layers = self.total_layers
     y = h
-    for j in range(num_layers):
+    for j in range(num_layers if self.layers is None else self.layers):
       last = j == num_layers - 1
       y = nn.Dense(self.out_dim if last else y.shape[-1], use_bias=False, dtype=self.dtype,
                    param_dtype=jnp.float32, kernel_init=dense_kernel_init,
