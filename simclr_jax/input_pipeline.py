@@ -403,8 +403,11 @@ def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, sha
     if shuffle_buffer > 1:
       ds = ds.shuffle(shuffle_buffer, seed=_epoch_shuffle_seed(seed, e, shard),
                       reshuffle_each_iteration=False)
+    # One fold-in per example (on the epoch's seed): the per-element map is hot.
+    epoch_seed = _seed_pair(seed, shard, e)
     return ds.enumerate().map(
-        lambda i, rec: (e * epoch_size + i, rec[0], rec[1], _seed_pair(seed, shard, e, i)))
+        lambda i, rec: (e * epoch_size + i, rec[0], rec[1],
+                        tf.random.experimental.stateless_fold_in(epoch_seed, i)))
 
   ds = tf.data.Dataset.range(start_epoch, _FOREVER).flat_map(epoch)
   if offset:
