@@ -14,10 +14,15 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves and restores `{"state": pytree, "meta": json}` under `<workdir>/checkpoints`."""
+  """Saves and restores `{"state": pytree, "meta": json}` under `<workdir>/<name>`.
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  Pretraining uses "checkpoints"; linear evaluation and fine-tuning their own names, so
+  that they never mix with pretraining checkpoints in a shared workdir.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True,
+               name: str = "checkpoints"):
+    self.directory = os.path.join(os.path.abspath(workdir), name)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)

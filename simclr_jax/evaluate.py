@@ -341,30 +341,58 @@ def init_classifier_state(classifier: nn.Module, feature_dim: int,
                          opt_state=tx.init(params))
 
 
+def restore_supervised(workdir: str, config: ConfigDict, mode: str,
+                       state: SupervisedState) -> tuple[checkpointing.Checkpointer,
+                                                        SupervisedState]:
+  """The mode's checkpointer (<workdir>/<mode>_checkpoints) and its latest state, if any."""
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                    name=f"{mode}_checkpoints")
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(checkpointing.abstract_like(state))
+    logging.info("Resumed %s from step %d (%s)", mode, int(state.step), ckpt.directory)
+  return ckpt, state
+
+
 def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
                      batches: Iterator[dict], *, total_steps: int, mesh: jax.sharding.Mesh,
                      log: metric_log.MetricLog, prefix: str, log_every: int,
-                     steps_per_epoch: int, on_eval: Callable | None = None,
-                     eval_every: int = 0) -> SupervisedState:
-  """Runs `total_steps` steps; logs `<prefix>train_*` means every `log_every` steps."""
+                     steps_per_epoch: int, ckpt: checkpointing.Checkpointer | None = None,
+                     checkpoint_every: int = 0, meta: dict | None = None,
+                     on_eval: Callable | None = None,
+                     eval_every: int = 0) -> tuple[SupervisedState, bool]:
+  """Steps from state.step to `total_steps`; logs `<prefix>train_*` means every
+  `log_every` steps. With `ckpt`: checkpoints every `checkpoint_every` steps, at the
+  end and on SIGTERM. Returns (state, whether the last step was reached).
+  """
   window = []
   frozen_args = () if frozen is None else (frozen,)
+  start = int(state.step)
   t0 = time.time()
-  for step in range(1, total_steps + 1):
-    state, metrics = step_fn(state, *frozen_args, ts.shard_batch(next(batches), mesh))
-    window.append(metrics)
-    last = step == total_steps
-    if step % log_every == 0 or last:
-      summary, window = train.mean_metrics(window), []
-      if not np.isfinite(summary["train_loss"]):
-        raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
-      summary = {prefix + k: v for k, v in summary.items()}
-      summary[prefix + "epoch"] = step / steps_per_epoch
-      summary[prefix + "seconds_per_step"] = (time.time() - t0) / step
-      log.write(step, summary)  # also logged to the console by clu
-    if on_eval is not None and eval_every > 0 and step % eval_every == 0 and not last:
-      log.write(step, on_eval(state))
-  return state
+  with train.PreemptionFlag() as preempted:
+    for step in range(start + 1, total_steps + 1):
+      state, metrics = step_fn(state, *frozen_args, ts.shard_batch(next(batches), mesh))
+      window.append(metrics)
+      last = step == total_steps
+      if step % log_every == 0 or last:
+        summary, window = train.mean_metrics(window), []
+        if not np.isfinite(summary["train_loss"]):
+          raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
+        summary = {prefix + k: v for k, v in summary.items()}
+        summary[prefix + "epoch"] = step / steps_per_epoch
+        summary[prefix + "seconds_per_step"] = (time.time() - t0) / (step - start)
+        log.write(step, summary)  # also logged to the console by clu
+      if on_eval is not None and eval_every > 0 and step % eval_every == 0 and not last:
+        log.write(step, on_eval(state))
+      if ckpt is None:
+        continue
+      stop = preempted.requested or ckpt.reached_preemption(step)
+      if step % checkpoint_every == 0 or last or stop:
+        ckpt.save(step, state, meta)
+      if stop and not last:
+        logging.warning("Preempted: saved %sstep %d; the same command resumes.", prefix,
+                        step)
+        return state, False
+  return state, int(state.step) == total_steps
 
 
 def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
@@ -383,7 +411,9 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
   featurize = encoder_featurize(model)
   classifier = linear_classifier(setup.info.num_classes)
   feature_dim = models.feature_dim(pre.model_config.depth, pre.model_config.width_multiplier)
-  state = ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh)
+  ckpt, state = restore_supervised(
+      workdir, config, "linear_eval",
+      ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh))
   frozen = ts.replicate(pre.variables, mesh)
   step_fn = shard_supervised_step(make_linear_step(featurize, classifier, tx, schedule),
                                   mesh, num_inputs=3)
@@ -398,22 +428,28 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
 
   train_config = with_batch_size(config, le.batch_size)
   batches = input_pipeline.create_supervised_dataset(
-      train_config, data_dir=setup.data_dir, split=config.train_split,
-      augment=True).as_numpy_iterator()
+      train_config, data_dir=setup.data_dir, split=config.train_split, augment=True,
+      start_step=int(state.step)).as_numpy_iterator()
   logging.info("Linear evaluation: %d steps (%d per epoch), batch %d, frozen encoder of "
                "step %d", total_steps, steps_per_epoch, le.batch_size, pre.step)
   log = metric_log.MetricLog(workdir)
   try:
-    state = train_supervised(step_fn, state, frozen, batches, total_steps=total_steps,
-                             mesh=mesh, log=log, prefix="linear_eval_",
-                             log_every=config.log_every_steps,
-                             steps_per_epoch=steps_per_epoch, on_eval=evaluate,
-                             eval_every=config.eval_every_steps)
+    state, done = train_supervised(
+        step_fn, state, frozen, batches, total_steps=total_steps, mesh=mesh, log=log,
+        prefix="linear_eval_", log_every=config.log_every_steps,
+        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
+        checkpoint_every=config.checkpoint_every_steps,
+        meta=checkpointing.config_meta(config), on_eval=evaluate,
+        eval_every=config.eval_every_steps)
+    ckpt.wait()
+    if not done:
+      return {}
     results = evaluate(state)
     results.update(linear_eval_epochs=total_steps / steps_per_epoch,
                    pretrain_step=pre.step)
     log.write(total_steps, results)
   finally:
+    ckpt.close()
     log.close()
   print(metric_log.format_table(results, title="Linear evaluation (frozen encoder, crop + "
                                                f"flip), {config.eval_split} split"))
@@ -464,11 +500,12 @@ def _linear_eval_cached(setup: Setup) -> dict[str, float]:
                                   mesh, num_inputs=3)
   log = metric_log.MetricLog(setup.workdir)
   try:
-    state = train_supervised(step_fn, state, {}, cached_batches(train_x, train_y,
-                                                                le.batch_size, config.seed),
-                             total_steps=total_steps, mesh=mesh, log=log,
-                             prefix=CACHED_PREFIX, log_every=config.log_every_steps,
-                             steps_per_epoch=steps_per_epoch)
+    # Minutes at most once the features are cached: not checkpointed.
+    state, _ = train_supervised(step_fn, state, {}, cached_batches(train_x, train_y,
+                                                                   le.batch_size, config.seed),
+                                total_steps=total_steps, mesh=mesh, log=log,
+                                prefix=CACHED_PREFIX, log_every=config.log_every_steps,
+                                steps_per_epoch=steps_per_epoch)
     params = jax.device_get(state.params)
     logits = np.asarray(test_x @ params["kernel"] + params["bias"])
     correct = knn_lib.topk_correct(logits, test_y)
@@ -613,7 +650,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
   state = SupervisedState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                           batch_stats=variables["batch_stats"],
                           opt_state=tx.init(variables["params"]))
-  state = ts.replicate(state, mesh)
+  ckpt, state = restore_supervised(workdir, config, "finetune", ts.replicate(state, mesh))
   step_fn = shard_supervised_step(make_finetune_step(net, tx, schedule), mesh, num_inputs=2)
   inference = net.clone(axis_name=None)
   eval_step = make_eval_step(lambda v, x: inference.apply(v, x, train=False), mesh)
@@ -626,19 +663,24 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
 
   batches = input_pipeline.create_supervised_dataset(
       with_batch_size(config, ft.batch_size), data_dir=setup.data_dir,
-      split=config.train_split, augment=True,
-      label_fraction=ft.label_fraction).as_numpy_iterator()
+      split=config.train_split, augment=True, label_fraction=ft.label_fraction,
+      start_step=int(state.step)).as_numpy_iterator()
   logging.info("Fine-tuning on %d labelled examples (label_fraction %g of %s): %d steps "
                "(%d per epoch), batch %d, from projection layer %d, pretrained step %d",
                num_labels, ft.label_fraction, config.dataset, total_steps, steps_per_epoch,
                ft.batch_size, ft.from_projection_layer, pre.step)
   log = metric_log.MetricLog(workdir)
   try:
-    state = train_supervised(step_fn, state, None, batches, total_steps=total_steps,
-                             mesh=mesh, log=log, prefix="finetune_",
-                             log_every=config.log_every_steps,
-                             steps_per_epoch=steps_per_epoch, on_eval=evaluate,
-                             eval_every=config.eval_every_steps)
+    state, done = train_supervised(
+        step_fn, state, None, batches, total_steps=total_steps, mesh=mesh, log=log,
+        prefix="finetune_", log_every=config.log_every_steps,
+        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
+        checkpoint_every=config.checkpoint_every_steps,
+        meta=checkpointing.config_meta(config), on_eval=evaluate,
+        eval_every=config.eval_every_steps)
+    ckpt.wait()
+    if not done:
+      return {}
     results = evaluate(state)
     results.update(finetune_label_fraction=float(ft.label_fraction),
                    finetune_num_labels=num_labels,
@@ -647,6 +689,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
                    pretrain_step=pre.step)
     log.write(total_steps, results)
   finally:
+    ckpt.close()
     log.close()
   print(metric_log.format_table(results, title=f"Fine-tuning on {ft.label_fraction:g} of "
                                                f"the labels, {config.eval_split} split"))

@@ -43,14 +43,15 @@ def start_main(config: str, workdir: str, *overrides: str, devices: int = 1):
                           cwd=ROOT)
 
 
-def wait_for_step(workdir: str, step: int, proc: subprocess.Popen, timeout: float = 300):
-  """Blocks until metrics.jsonl records `step` (or the process ends)."""
+def wait_for_step(workdir: str, step: int, proc: subprocess.Popen, timeout: float = 300,
+                  key: str = "loss"):
+  """Blocks until metrics.jsonl records `key` at `step` (or the process ends)."""
   path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + timeout
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError(f"main.py ended early ({proc.returncode}):\n{proc.stdout.read()}")
-    if os.path.exists(path) and any(r.get("step", 0) >= step and "loss" in r
+    if os.path.exists(path) and any(r.get("step", 0) >= step and key in r
                                     for r in metric_log.read_jsonl(path)):
       return
     time.sleep(0.05)

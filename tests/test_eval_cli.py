@@ -4,6 +4,7 @@ a `python main.py` run whose figures land in metrics.jsonl."""
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -83,6 +84,39 @@ def test_finetune_on_ten_percent(pretrained, tmp_path):
   assert result["finetune_from_projection_layer"] == 1
   assert 0.0 <= result["finetune_top1"] <= result["finetune_top5"] <= 1.0
   assert len([r for r in records(workdir) if "finetune_train_loss" in r]) == 3
+
+
+def test_finetune_sigterm_then_resume_equals_uninterrupted_run(pretrained, tmp_path):
+  """Fine-tuning checkpoints (<workdir>/finetune_checkpoints): SIGTERM saves and exits,
+  the same command resumes, and the result is the uninterrupted run's."""
+  steps = 8
+  run = ("--config.finetune.batch_size=32", f"--config.finetune.num_train_steps={steps}",
+         "--config.checkpoint_every_steps=1000")
+  straight = eval_run("configs/digits_finetune.py", pretrained, tmp_path / "straight", *run)
+  workdir = str(tmp_path / "stopped")
+  proc = cli.start_main("configs/digits_finetune.py", workdir, *cli.TINY,
+                        f"--config.init_from={pretrained}",
+                        f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
+                        "--config.log_every_steps=1", *run)
+  cli.wait_for_step(workdir, 2, proc, key="finetune_train_loss")
+  assert cli.kill(proc, signal.SIGTERM) == 0
+  stopped_at = max(r["step"] for r in records(workdir) if "finetune_train_loss" in r)
+  assert stopped_at < steps, "the run finished before it could be stopped"
+  assert os.listdir(os.path.join(workdir, "finetune_checkpoints")) == [str(stopped_at)]
+  assert not any("finetune_top1" in r for r in records(workdir))
+  eval_run("configs/digits_finetune.py", pretrained, workdir, *run)
+
+  def losses(w):
+    return {r["step"]: r["finetune_train_loss"] for r in records(w)
+            if "finetune_train_loss" in r}
+
+  expected, got = losses(straight), losses(workdir)
+  assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+  np.testing.assert_allclose([got[s] for s in range(1, steps + 1)],
+                             [expected[s] for s in range(1, steps + 1)], rtol=1e-5)
+  a, b = final(straight, "finetune_top1"), final(workdir, "finetune_top1")
+  assert a["finetune_top1"] == pytest.approx(b["finetune_top1"], abs=1e-6)
+  assert str(steps) in os.listdir(os.path.join(workdir, "finetune_checkpoints"))
 
 
 def test_knn_mode_matches_the_pretraining_monitor(pretrained, tmp_path):
