@@ -1,9 +1,9 @@
 """The offline default (`make demo`): SimCLR on scikit-learn's 1,797 handwritten digits.
 
 Built into <workdir>/tfds on first use (1,438 train / 359 test), no download. Sized to
-finish in minutes on two CPU cores: a ResNet-18 (CIFAR stem) at a quarter of the width on 16 px views.
-Afterwards linear probes on frozen h (all labels and 5 per class) compare the
-pretrained encoder with a randomly initialised one.
+finish in minutes on two CPU cores: a ResNet-18 (CIFAR stem) at a quarter of the width
+on 16 px views. Afterwards linear probes on frozen h (all labels and 5 per class)
+compare the pretrained encoder with a randomly initialised one.
 """
 
 from configs import base

@@ -14,10 +14,11 @@ network from the loss instead:
 
 Peak memory is one chunk's activations plus the embeddings. The price is a second
 forward pass per step (about 1/3 more compute). Measured on one H100 (README,
-"Batch-size scaling"): ResNet-18, B = 2048 at 32 px, XLA's temporary memory 19.6 GB
--> 5.7 GB (4 chunks) -> 1.6 GB (16 chunks) for 1.3x and 1.6x the step time. On the CPU backend (jaxlib 0.10.2)
-XLA leaves the weight-gradient convolutions inside a loop in a slow form: there a
-chunked step is about 10x slower than the unchunked one (README, "Batch-size scaling").
+"Batch-size scaling"): ResNet-18, B = 2048 at 32 px, XLA's temporary memory 19.6 GB ->
+5.7 GB (4 chunks) -> 1.6 GB (16 chunks) for 1.3x and 1.6x the step time. On the CPU
+backend (jaxlib 0.10.2) XLA leaves the weight-gradient convolutions inside a loop in a
+slow form: there a chunked step is about 10x slower than the unchunked one (README,
+"Batch-size scaling").
 
 Exactness: the contrastive loss, its metrics and its gradient with respect to the
 embeddings are those of the unchunked step for the same embeddings. BatchNorm is the one

@@ -2,9 +2,10 @@
 
 What must hold (the README's "Batch-size scaling"): for the same embeddings, the chunked
 loss and its gradient w.r.t. the embeddings are the unchunked ones; the parameter
-gradients are the exact gradients of the network whose BN statistics are computed per chunk, hence equal
-to the unchunked step's for a network without batch-dependent layers; and on k devices
-the chunked step equals the chunked step on one device for the same global batch.
+gradients are the exact gradients of the network whose BN statistics are computed per
+chunk, hence equal to the unchunked step's for a network without batch-dependent layers;
+and on k devices the chunked step equals the chunked step on one device for the same
+global batch.
 """
 
 import jax
