@@ -25,6 +25,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from simclr_jax import philox
+
 # The per-view vector of uniforms: 4 x max_attempts for the crop sampler, then these.
 _FLIP, _COLOR, _PERM, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = (
     0, 1, 2, 6, 7, 8, 9, 10, 11, 12)
@@ -109,12 +111,21 @@ def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
 # ----------------------------------------------------------------------------------
 
 def view_uniforms(seed: tf.Tensor, num_views: int, spec: ViewSpec) -> tf.Tensor:
-  """All random numbers of `num_views` views of one example: [num_views, K] in [0, 1).
+  """All random numbers of `num_views` views of an example: [num_views, K] in [0, 1).
 
-  `seed` is a stateless-RNG seed, shape [2] integer.
+  `seed` is a stateless-RNG seed, shape [2] integer; or a batch of them, [B, 2], for
+  [B, num_views, K] (the same numbers, one batched computation: call it inside an XLA
+  program, where it compiles to one loop).
   """
-  return tf.random.stateless_uniform([num_views, spec.num_uniforms], seed=seed,
-                                     dtype=tf.float32)
+  shape = [num_views, spec.num_uniforms]
+  if seed.shape.rank == 1:
+    return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
+  return tf.reshape(_batch_uniforms_xla(seed, num_views * spec.num_uniforms), [-1] + shape)
+
+
+@tf.function(jit_compile=True, reduce_retracing=False)
+def _batch_uniforms_xla(seeds, num):
+  return philox.stateless_uniform(seeds, num)
 
 
 def _extra(u: tf.Tensor, spec: ViewSpec, index: int) -> tf.Tensor:
@@ -334,12 +345,11 @@ def adjust_hue(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
   h = tf.where(r >= mx, (g - b) * inv,
                tf.where(g >= mx, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
   h = h + 6.0 * delta
-  out = []
-  for n in (5.0, 3.0, 1.0):
-    k = h + n
-    k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
-    out.append(mx - d * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0))
-  return tf.stack(out, axis=-1)
+  # The channels as one broadcast expression, not a stack of three: XLA CPU compiles a
+  # stack into per-channel passes that each recompute h (4x slower).
+  k = h[..., None] + tf.constant([5.0, 3.0, 1.0])
+  k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+  return mx[..., None] - d[..., None] * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def adjust_contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
@@ -351,7 +361,7 @@ def adjust_contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 def to_grayscale(x: tf.Tensor) -> tf.Tensor:
   """tf.image.rgb_to_grayscale, kept as 3 channels."""
   gray = x[..., 0] * GRAY_WEIGHTS[0] + x[..., 1] * GRAY_WEIGHTS[1] + x[..., 2] * GRAY_WEIGHTS[2]
-  return tf.repeat(gray[..., None], 3, axis=-1)
+  return tf.broadcast_to(gray[..., None], tf.shape(x))
 
 
 def _jitter(x, order, brightness, contrast, saturation, hue):

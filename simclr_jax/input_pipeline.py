@@ -387,7 +387,9 @@ def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, sha
       after skipping; positions are those of the unfiltered stream.
 
   Returns:
-    elements (data, label, seed [2] int64): raw records unless `prepare`d.
+    elements (data, label, (key, index)): raw records unless `prepare`d; the example's
+    augmentation seed is the int64 pair (key, index) (`example_seeds`), equal to
+    fold_in(seed of (seed, shard, epoch), index in the epoch).
   """
   if epoch_size <= 0:
     raise ValueError("cannot stream an empty split")
@@ -403,22 +405,29 @@ def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, sha
     if shuffle_buffer > 1:
       ds = ds.shuffle(shuffle_buffer, seed=_epoch_shuffle_seed(seed, e, shard),
                       reshuffle_each_iteration=False)
-    # One fold-in per example (on the epoch's seed): the per-element map is hot.
-    epoch_seed = _seed_pair(seed, shard, e)
-    return ds.enumerate().map(
-        lambda i, rec: (e * epoch_size + i, rec[0], rec[1],
-                        tf.random.experimental.stateless_fold_in(epoch_seed, i)))
+    # fold_in(epoch_seed, i) is [draw(epoch_seed), i]: the draw is made once per epoch,
+    # since a random op per element costs ~50 us of CPU (most of a CIFAR image's budget).
+    # Any op in it would cost about as much, so the pair is only stacked where the
+    # seed is used, after batching (`example_seeds`).
+    key = tf.random.experimental.stateless_fold_in(_seed_pair(seed, shard, e),
+                                                   tf.constant(0, tf.int64))[0]
+    return ds.enumerate().map(lambda i, rec: (e, i, rec[0], rec[1], key))
 
   ds = tf.data.Dataset.range(start_epoch, _FOREVER).flat_map(epoch)
   if offset:
     ds = ds.skip(offset)  # raw records: nothing decoded or augmented yet
   if keep is not None:
-    ds = ds.filter(lambda pos, *_: keep(pos))
-  ds = ds.map(lambda pos, data, label, s: (data, label, s))
+    ds = ds.filter(lambda e, i, *_: keep(e * epoch_size + i))
+  ds = ds.map(lambda e, i, data, label, key: (data, label, (key, i)))
   if prepare is not None and not cache:
     ds = ds.map(lambda data, label, s: (prepare(data, label)[0], label, s),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds
+
+
+def example_seeds(seed: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+  """The stateless seeds [..., 2] int64 of stream elements' (key, index) pairs."""
+  return tf.stack(seed, axis=-1)
 
 
 def _options(config, deterministic: bool) -> tf.data.Options:
@@ -500,19 +509,19 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
       raise ValueError(f"dataset {source.name!r} has {h}x{w} images, smaller than the "
                        f"output size {size} px with crop augmentation disabled "
                        "(config.augment.crop = False takes a central crop)")
-    ds = stream.map(lambda image, label, seed: (image, label,
-                                                aug.view_uniforms(seed, num_views, spec)),
-                    num_parallel_calls=par, deterministic=deterministic)
-    ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda images, labels, u: {"views": aug.augment_fixed_batch(images, u, spec),
-                                           "label": labels},
-                num_parallel_calls=par, deterministic=deterministic)
+    # No per-example map at all: each costs more than augmenting a CIFAR image.
+    def per_batch_fixed(images, labels, seeds):
+      u = aug.view_uniforms(example_seeds(seeds), num_views, spec)
+      return {"views": aug.augment_fixed_batch(images, u, spec), "label": labels}
+
+    ds = stream.batch(batch, drop_remainder=True)
+    ds = ds.map(per_batch_fixed, num_parallel_calls=par, deterministic=deterministic)
     return ds.with_options(_options(config, deterministic))
 
   skip_bad = isinstance(source, FolderSource)  # a user's files: skip what won't decode
 
   def per_example(encoded, label, seed):
-    u = aug.view_uniforms(seed, num_views, spec)
+    u = aug.view_uniforms(example_seeds(seed), num_views, spec)
     if spec.crop:
       small = tf.constant(False)
     else:

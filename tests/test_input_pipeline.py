@@ -120,6 +120,23 @@ def test_deterministic_resume_is_exact_across_epochs(data_dir):
   assert not np.array_equal(other["image1"], full[0]["image1"])
 
 
+def test_example_seeds_are_fold_ins_of_the_epoch_seed():
+  # The stream carries (key, index) pairs; stacked they must be the documented
+  # fold_in(seed of (seed, shard, epoch), index), in every epoch and after a skip.
+  n = 5
+  source = ip.ArraySource(np.zeros([n, 4, 4, 3], np.uint8), np.arange(n), n)
+  records = source.records("train", (0, 1), shuffle_files=False, seed=0)
+  for start in (0, 3):
+    stream = ip._example_stream(records, n, seed=7, shard=2, shuffle_buffer=n, start=start,
+                                prepare=None, cache=False)
+    seeds = [ip.example_seeds(s).numpy() for _, _, s in stream.take(2 * n).as_numpy_iterator()]
+    for k, got in enumerate(seeds, start=start):
+      epoch, index = divmod(k, n)
+      expected = tf.random.experimental.stateless_fold_in(ip._seed_pair(7, 2, epoch),
+                                                          tf.constant(index, tf.int64))
+      np.testing.assert_array_equal(got, expected.numpy())
+
+
 def test_epochs_visit_every_example_once_and_reshuffle(data_dir):
   c = _config()
   ds = ip.create_supervised_dataset(c, data_dir=data_dir, augment=False, process_index=0,
