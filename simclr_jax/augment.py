@@ -364,13 +364,20 @@ def to_grayscale(x: tf.Tensor) -> tf.Tensor:
   return tf.broadcast_to(gray[..., None], tf.shape(x))
 
 
+_NO_JITTER = 4  # the order index of a slot that leaves the view as it is
+
+
 def _jitter(x, order, brightness, contrast, saturation, hue):
-  # A loop over the 4 slots (not unrolled): one copy of each op to compile.
+  """The 4 jitter slots; order [4] int: the op of each slot, or _NO_JITTER."""
+  # A loop over the slots (unrolled, XLA compiles ~10x longer) and no tf.cond around
+  # it for views drawn without colour (a no-op branch instead: XLA CPU copies a view in
+  # and out of every conditional; this way costs a third less).
   def body(k, x):
     branches = [lambda: tf.clip_by_value(x * brightness, 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_saturation(x, saturation), 0.0, 1.0),
-                lambda: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0)]
+                lambda: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0),
+                lambda: x]
     return k + 1, tf.switch_case(order[k], branches)
 
   return tf.while_loop(lambda k, _: k < 4, body, (tf.constant(0), x))[1]
@@ -384,11 +391,9 @@ def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec
   def body(i, out):
     x = views[i] * scale
     if spec.colors:
-      x = tf.cond(params["color"][i],
-                  lambda: _jitter(x, params["order"][i], params["brightness"][i],
-                                  params["contrast"][i], params["saturation"][i],
-                                  params["hue"][i]),
-                  lambda: x)
+      order = tf.where(params["color"][i], params["order"][i], _NO_JITTER)
+      x = _jitter(x, order, params["brightness"][i], params["contrast"][i],
+                  params["saturation"][i], params["hue"][i])
     if spec.grayscale_prob > 0:
       x = tf.cond(params["gray"][i], lambda: to_grayscale(x), lambda: x)
     return i + 1, out.write(i, tf.clip_by_value(x, 0.0, 1.0))
@@ -520,7 +525,9 @@ def _windows_to_views(pixels: tf.Tensor, windows: tf.Tensor, origin: tf.Tensor,
     y, x = windows[v, 0] - origin[0], windows[v, 1] - origin[1]
     crop = pixels[y:y + windows[v, 2], x:x + windows[v, 3]]
     crop = tf.cond(flips[v], lambda c=crop: tf.reverse(c, axis=[1]), lambda c=crop: c)
-    views.append(tf.image.resize(crop, [size, size], method="bicubic", antialias=False))
+    # Same result from float input, but TF's uint8 bicubic kernel is ~1.5x slower.
+    views.append(tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bicubic",
+                                 antialias=False))
   return tf.stack(views)
 
 
