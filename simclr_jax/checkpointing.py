@@ -6,6 +6,7 @@ latest complete one and the partial one is never read.
 """
 
 import os
+import signal
 from typing import Any
 
 import jax
@@ -71,3 +72,21 @@ def checkpoint_dir(path: str) -> str:
 
 def config_meta(config: ml_collections.ConfigDict) -> dict:
   return {"config": config.to_json_best_effort()}
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (and by JAX's preemption notice on multi-process runs)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      self.requested = True
+    self._previous = signal.signal(signal.SIGTERM, handler)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)

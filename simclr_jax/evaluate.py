@@ -16,6 +16,7 @@ Protocols (Chen et al. 2020, Appendix B.5/B.6, official code):
   knn: weighted kNN on L2-normalised h (see knn.py).
 """
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -40,7 +41,6 @@ from simclr_jax import knn as knn_lib
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
 from simclr_jax import train_step as ts
 from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.heads import dense_kernel_init
@@ -368,13 +368,13 @@ def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
   frozen_args = () if frozen is None else (frozen,)
   start = int(state.step)
   t0 = time.time()
-  with train.PreemptionFlag() as preempted:
+  with checkpointing.PreemptionFlag() as preempted:
     for step in range(start + 1, total_steps + 1):
       state, metrics = step_fn(state, *frozen_args, ts.shard_batch(next(batches), mesh))
       window.append(metrics)
       last = step == total_steps
       if step % log_every == 0 or last:
-        summary, window = train.mean_metrics(window), []
+        summary, window = metric_log.mean_metrics(window), []
         if not np.isfinite(summary["train_loss"]):
           raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
         summary = {prefix + k: v for k, v in summary.items()}
@@ -395,6 +395,35 @@ def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
   return state, int(state.step) == total_steps
 
 
+def train_then_evaluate(mode: str, config: ConfigDict, workdir: str, step_fn: Callable,
+                        state: SupervisedState, frozen: Any,
+                        batches: Callable[[int], Iterator[dict]],
+                        evaluate: Callable[[SupervisedState], dict], *, total_steps: int,
+                        steps_per_epoch: int, mesh: jax.sharding.Mesh,
+                        extras: dict) -> dict | None:
+  """A supervised mode's run: resume, train, evaluate, log; None if stopped by SIGTERM.
+
+  Resumes from <workdir>/<mode>_checkpoints (state is the fresh initial state),
+  checkpoints and evaluates as config says, and logs `evaluate(final state)` plus
+  `extras` at the last step. `batches(start_step)` opens the training stream.
+  """
+  ckpt, state = restore_supervised(workdir, config, mode, state)
+  with contextlib.closing(ckpt), contextlib.closing(metric_log.MetricLog(workdir)) as log:
+    state, done = train_supervised(
+        step_fn, state, frozen, batches(int(state.step)), total_steps=total_steps,
+        mesh=mesh, log=log, prefix=mode + "_", log_every=config.log_every_steps,
+        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
+        checkpoint_every=config.checkpoint_every_steps,
+        meta=checkpointing.config_meta(config), on_eval=evaluate,
+        eval_every=config.eval_every_steps)
+    ckpt.wait()
+    if not done:
+      return None
+    results = {**evaluate(state), **extras}
+    log.write(total_steps, results)
+  return results
+
+
 def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
   """The `linear_eval` mode; returns (and logs) the final top-1/top-5 on eval_split."""
   validate_linear_eval(config)
@@ -411,9 +440,7 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
   featurize = encoder_featurize(model)
   classifier = linear_classifier(setup.info.num_classes)
   feature_dim = models.feature_dim(pre.model_config.depth, pre.model_config.width_multiplier)
-  ckpt, state = restore_supervised(
-      workdir, config, "linear_eval",
-      ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh))
+  state = ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh)
   frozen = ts.replicate(pre.variables, mesh)
   step_fn = shard_supervised_step(make_linear_step(featurize, classifier, tx, schedule),
                                   mesh, num_inputs=3)
@@ -426,31 +453,20 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
                               _eval_batches(config, setup.data_dir), mesh)
     return {"linear_eval_top1": acc["top1"], "linear_eval_top5": acc["top5"]}
 
-  train_config = with_batch_size(config, le.batch_size)
-  batches = input_pipeline.create_supervised_dataset(
-      train_config, data_dir=setup.data_dir, split=config.train_split, augment=True,
-      start_step=int(state.step)).as_numpy_iterator()
+  def batches(start_step):
+    return input_pipeline.create_supervised_dataset(
+        with_batch_size(config, le.batch_size), data_dir=setup.data_dir,
+        split=config.train_split, augment=True, start_step=start_step).as_numpy_iterator()
+
   logging.info("Linear evaluation: %d steps (%d per epoch), batch %d, frozen encoder of "
                "step %d", total_steps, steps_per_epoch, le.batch_size, pre.step)
-  log = metric_log.MetricLog(workdir)
-  try:
-    state, done = train_supervised(
-        step_fn, state, frozen, batches, total_steps=total_steps, mesh=mesh, log=log,
-        prefix="linear_eval_", log_every=config.log_every_steps,
-        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
-        checkpoint_every=config.checkpoint_every_steps,
-        meta=checkpointing.config_meta(config), on_eval=evaluate,
-        eval_every=config.eval_every_steps)
-    ckpt.wait()
-    if not done:
-      return {}
-    results = evaluate(state)
-    results.update(linear_eval_epochs=total_steps / steps_per_epoch,
-                   pretrain_step=pre.step)
-    log.write(total_steps, results)
-  finally:
-    ckpt.close()
-    log.close()
+  results = train_then_evaluate(
+      "linear_eval", config, workdir, step_fn, state, frozen, batches, evaluate,
+      total_steps=total_steps, steps_per_epoch=steps_per_epoch, mesh=mesh,
+      extras={"linear_eval_epochs": total_steps / steps_per_epoch,
+              "pretrain_step": pre.step})
+  if results is None:
+    return {}
   print(metric_log.format_table(results, title="Linear evaluation (frozen encoder, crop + "
                                                f"flip), {config.eval_split} split"))
   return results
@@ -650,7 +666,7 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
   state = SupervisedState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                           batch_stats=variables["batch_stats"],
                           opt_state=tx.init(variables["params"]))
-  ckpt, state = restore_supervised(workdir, config, "finetune", ts.replicate(state, mesh))
+  state = ts.replicate(state, mesh)
   step_fn = shard_supervised_step(make_finetune_step(net, tx, schedule), mesh, num_inputs=2)
   inference = net.clone(axis_name=None)
   eval_step = make_eval_step(lambda v, x: inference.apply(v, x, train=False), mesh)
@@ -661,36 +677,26 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
                               _eval_batches(config, setup.data_dir), mesh)
     return {"finetune_top1": acc["top1"], "finetune_top5": acc["top5"]}
 
-  batches = input_pipeline.create_supervised_dataset(
-      with_batch_size(config, ft.batch_size), data_dir=setup.data_dir,
-      split=config.train_split, augment=True, label_fraction=ft.label_fraction,
-      start_step=int(state.step)).as_numpy_iterator()
+  def batches(start_step):
+    return input_pipeline.create_supervised_dataset(
+        with_batch_size(config, ft.batch_size), data_dir=setup.data_dir,
+        split=config.train_split, augment=True, label_fraction=ft.label_fraction,
+        start_step=start_step).as_numpy_iterator()
+
   logging.info("Fine-tuning on %d labelled examples (label_fraction %g of %s): %d steps "
                "(%d per epoch), batch %d, from projection layer %d, pretrained step %d",
                num_labels, ft.label_fraction, config.dataset, total_steps, steps_per_epoch,
                ft.batch_size, ft.from_projection_layer, pre.step)
-  log = metric_log.MetricLog(workdir)
-  try:
-    state, done = train_supervised(
-        step_fn, state, None, batches, total_steps=total_steps, mesh=mesh, log=log,
-        prefix="finetune_", log_every=config.log_every_steps,
-        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
-        checkpoint_every=config.checkpoint_every_steps,
-        meta=checkpointing.config_meta(config), on_eval=evaluate,
-        eval_every=config.eval_every_steps)
-    ckpt.wait()
-    if not done:
-      return {}
-    results = evaluate(state)
-    results.update(finetune_label_fraction=float(ft.label_fraction),
-                   finetune_num_labels=num_labels,
-                   finetune_epochs=total_steps / steps_per_epoch,
-                   finetune_from_projection_layer=ft.from_projection_layer,
-                   pretrain_step=pre.step)
-    log.write(total_steps, results)
-  finally:
-    ckpt.close()
-    log.close()
+  results = train_then_evaluate(
+      "finetune", config, workdir, step_fn, state, None, batches, evaluate,
+      total_steps=total_steps, steps_per_epoch=steps_per_epoch, mesh=mesh,
+      extras={"finetune_label_fraction": float(ft.label_fraction),
+              "finetune_num_labels": num_labels,
+              "finetune_epochs": total_steps / steps_per_epoch,
+              "finetune_from_projection_layer": ft.from_projection_layer,
+              "pretrain_step": pre.step})
+  if results is None:
+    return {}
   print(metric_log.format_table(results, title=f"Fine-tuning on {ft.label_fraction:g} of "
                                                f"the labels, {config.eval_split} split"))
   return results

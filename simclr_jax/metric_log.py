@@ -76,3 +76,9 @@ def format_table(rows: Mapping[str, float], title: str = "") -> str:
     shown = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
     lines.append(f"{k:<{width}}  {shown:>10}")
   return "\n".join(lines)
+
+
+def mean_metrics(window: list[dict]) -> dict[str, float]:
+  """The mean of each metric over a window of per-step (device) metric dicts."""
+  host = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}

@@ -6,7 +6,6 @@ continues exactly where it stopped.
 """
 
 import dataclasses
-import signal
 import time
 from typing import Any, Callable
 
@@ -105,24 +104,6 @@ def evaluate_probe(run: Run, eval_step, state: TrainState) -> dict[str, float]:
   return {"eval_probe_top1": totals["top1"] / n, "eval_probe_top5": totals["top5"] / n}
 
 
-class PreemptionFlag:
-  """Set by SIGTERM (and by JAX's preemption notice on multi-process runs)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    def handler(signum, frame):
-      del signum, frame
-      self.requested = True
-    self._previous = signal.signal(signal.SIGTERM, handler)
-    return self
-
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
 def check_finite(step: int, metrics: dict) -> None:
   for name in ("loss", "grad_norm", "param_norm"):
     if not np.isfinite(metrics[name]):
@@ -145,11 +126,6 @@ class Throughput:
             "eta_minutes": (self.total_steps - step) * seconds_per_step / 60}
 
 
-def mean_metrics(window: list[dict]) -> dict[str, float]:
-  host = jax.device_get(window)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
 def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
                log: metric_log.MetricLog) -> TrainState:
   """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
@@ -166,13 +142,13 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
       config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
   meta = checkpointing.config_meta(config)
   rate, window = Throughput(config.batch_size, start, run.total_steps), []
-  with PreemptionFlag() as preempted:
+  with checkpointing.PreemptionFlag() as preempted:
     for step in range(start + 1, run.total_steps + 1):
       state, metrics = step_fn(state, ts.shard_batch(next(batches), run.mesh))
       window.append(metrics)
       last = step == run.total_steps
       if step % config.log_every_steps == 0 or last:
-        summary = mean_metrics(window)
+        summary = metric_log.mean_metrics(window)
         window = []
         check_finite(step, summary)
         summary.update(rate(step), epoch=step / run.steps_per_epoch)
@@ -184,7 +160,7 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
         log.write(step, knn.monitor(run, state))
       stop = preempted.requested or ckpt.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or last or stop:
-        check_finite(step, mean_metrics([metrics]))  # never checkpoint a broken state
+        check_finite(step, metric_log.mean_metrics([metrics]))  # never checkpoint a broken state
         ckpt.save(step, state, meta)
       if stop:
         logging.warning("Preempted: saved step %d, exiting.", step)

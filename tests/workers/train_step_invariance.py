@@ -12,7 +12,6 @@ import optax
 from configs import base
 from simclr_jax import losses
 from simclr_jax import models
-from simclr_jax import optim
 from simclr_jax import train_step as ts
 
 STEPS = 3
