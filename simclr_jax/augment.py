@@ -290,23 +290,25 @@ def crop_resize_batch(images: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
                       size: int, scale: float = 1.0) -> tf.Tensor:
   """Crops, resizes (bicubic) and flips same-size images, as two matmuls per view.
 
+  Views come first (view-major) so that each view's batch is one contiguous block.
+
   Args:
     images: [N, H, W, C] (any real dtype).
-    windows: int [N, V, 4] windows (y, x, h, w) from `sample_crop_window`.
-    flips: bool [N, V].
+    windows: int [V, N, 4] windows (y, x, h, w) from `sample_crop_window`.
+    flips: bool [V, N].
     size: output side S.
     scale: multiplies the values (1/255 turns uint8 into [0, 1]).
 
   Returns:
-    float32 [N, V, S, S, C].
+    float32 [V, N, S, S, C].
   """
   _, height, width, _ = images.shape
   rows = resize_matrix(windows[..., 0], windows[..., 2], height, size) * scale
   cols = resize_matrix(windows[..., 1], windows[..., 3], width, size)
   cols = tf.where(flips[..., None, None], tf.reverse(cols, axis=[-2]), cols)
   x = tf.cast(images, tf.float32)
-  x = tf.einsum("nvsh,nhwc->nvswc", rows, x)
-  return tf.einsum("nvtw,nvswc->nvstc", cols, x)
+  x = tf.einsum("vnsh,nhwc->vnswc", rows, x)
+  return tf.einsum("vntw,vnswc->vnstc", cols, x)
 
 
 # ----------------------------------------------------------------------------------
@@ -416,15 +418,23 @@ def blur_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec) -
   _, h, w, c = views.shape
   taps = 2 * radius + 1
   index = tf.where(params["blur"])[:, 0]
-  chosen = tf.gather(views, index)
-  n = tf.shape(chosen)[0]
-  kernel = gaussian_kernel(tf.gather(params["sigma"], index), radius)  # [n, taps]
-  kernel = tf.transpose(tf.repeat(kernel, c, axis=0))  # [taps, n c]: channel = (view, c)
-  x = tf.reshape(tf.transpose(chosen, [1, 2, 0, 3]), [1, h, w, n * c])
-  x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [taps, 1, n * c, 1]), [1, 1, 1, 1], "SAME")
-  x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [1, taps, n * c, 1]), [1, 1, 1, 1], "SAME")
-  x = tf.transpose(tf.reshape(x, [h, w, n, c]), [2, 0, 1, 3])
-  return tf.tensor_scatter_nd_update(views, index[:, None], tf.clip_by_value(x, 0.0, 1.0))
+
+  def blur():
+    chosen = tf.gather(views, index)
+    n = tf.shape(chosen)[0]
+    kernel = gaussian_kernel(tf.gather(params["sigma"], index), radius)  # [n, taps]
+    kernel = tf.transpose(tf.repeat(kernel, c, axis=0))  # [taps, n c]: channel = (view, c)
+    x = tf.reshape(tf.transpose(chosen, [1, 2, 0, 3]), [1, h, w, n * c])
+    x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [taps, 1, n * c, 1]), [1, 1, 1, 1],
+                               "SAME")
+    x = tf.nn.depthwise_conv2d(x, tf.reshape(kernel, [1, taps, n * c, 1]), [1, 1, 1, 1],
+                               "SAME")
+    x = tf.transpose(tf.reshape(x, [h, w, n, c]), [2, 0, 1, 3])
+    return tf.tensor_scatter_nd_update(views, index[:, None], tf.clip_by_value(x, 0.0, 1.0))
+
+  # No view drawn for blur (likely in small batches): a convolution with no channels
+  # is an error, so skip it.
+  return tf.cond(tf.size(index) > 0, blur, lambda: views)
 
 
 @tf.function(jit_compile=True, reduce_retracing=False)
@@ -452,20 +462,21 @@ def finish_views(views: tf.Tensor, u: tf.Tensor, spec: ViewSpec,
 @tf.function(jit_compile=True, reduce_retracing=False)
 def _augment_fixed_xla(images, u, spec):
   n, height, width, _ = images.shape
-  v = u.shape[1]
+  v = u.shape[0]
   size = spec.image_size
   if spec.crop:
     windows = sample_crop_window(u, height, width, spec)
   else:
-    windows = center_window(tf.fill([n, v], height), tf.fill([n, v], width), size)
+    windows = center_window(tf.fill([v, n], height), tf.fill([v, n], width), size)
   views = crop_resize_batch(images, windows, flip_draw(u, spec), size,
                             scale=1.0 / 255.0 if images.dtype == tf.uint8 else 1.0)
-  flat_u = tf.reshape(u, [n * v, u.shape[-1]])
-  return _finish_views(tf.reshape(views, [n * v, size, size, 3]),
+  flat_u = tf.reshape(u, [v * n, u.shape[-1]])
+  return _finish_views(tf.reshape(views, [v * n, size, size, 3]),
                        color_params(flat_u, spec), spec, 1.0)
 
 
-def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
+def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor,
+                        spec: ViewSpec) -> list[tf.Tensor]:
   """All views of a batch of same-size images, in one XLA program.
 
   Args:
@@ -474,16 +485,18 @@ def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.T
     spec: the view distribution.
 
   Returns:
-    float32 [N, V, S, S, 3] in [0, 1].
+    V tensors float32 [N, S, S, 3] in [0, 1]: view v of every image (slices of one
+    view-major buffer, so no copy).
   """
   if not spec.crop and (images.shape[1] < spec.image_size or images.shape[2] < spec.image_size):
     raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are smaller than "
                      f"the output size {spec.image_size} with crop augmentation disabled "
                      "(config.augment.crop = False takes a central crop)")
   n, v, k = u.shape
+  u = tf.transpose(u, [1, 0, 2])  # view-major, as the output
   flat = blur_views(_augment_fixed_xla(images, u, spec),
-                    color_params(tf.reshape(u, [n * v, k]), spec), spec)
-  return tf.reshape(flat, [n, v, spec.image_size, spec.image_size, 3])
+                    color_params(tf.reshape(u, [v * n, k]), spec), spec)
+  return tf.unstack(tf.reshape(flat, [v, n, spec.image_size, spec.image_size, 3]))
 
 
 # ----------------------------------------------------------------------------------
@@ -518,7 +531,7 @@ def decode_window(encoded: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 
 
 def _windows_to_views(pixels: tf.Tensor, windows: tf.Tensor, origin: tf.Tensor,
-                      flips: tf.Tensor, size: int) -> tf.Tensor:
+                      flips: tf.Tensor, size: int) -> list[tf.Tensor]:
   """Crops windows (image coordinates) out of pixels starting at origin; resizes."""
   views = []
   for v in range(windows.shape[0]):
@@ -528,11 +541,11 @@ def _windows_to_views(pixels: tf.Tensor, windows: tf.Tensor, origin: tf.Tensor,
     # Same result from float input, but TF's uint8 bicubic kernel is ~1.5x slower.
     views.append(tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bicubic",
                                  antialias=False))
-  return tf.stack(views)
+  return views
 
 
-def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
-  """Crops, resizes and flips V views of one encoded image (float32 [V, S, S, 3], 0-255).
+def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> list[tf.Tensor]:
+  """Crops, resizes and flips V views of one encoded image: V float32 [S, S, 3], 0-255.
 
   A JPEG is decoded once, inside the union of the V windows only (its header gives
   the size the windows are drawn for); other formats are decoded whole, once. Values
@@ -565,8 +578,9 @@ def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
     return _windows_to_views(image, windows, tf.zeros([2], tf.int32), flips, size)
 
   views = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-  views.set_shape([num_views, size, size, 3])
-  return views
+  for view in views:
+    view.set_shape([size, size, 3])
+  return views  # not stacked: the batch is split by view again anyway
 
 
 def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tensor:

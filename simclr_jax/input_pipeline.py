@@ -496,7 +496,7 @@ def _source_stream(source: Source, split: str, config, *, process: _Process,
 def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSpec,
                        num_views: int, batch: int, config,
                        deterministic: bool) -> tf.data.Dataset:
-  """Batches {"views": [b, V, S, S, 3], "label": [b]} of a (data, label, seed) stream.
+  """Batches {"views": V x [b, S, S, 3], "label": [b]} of a (data, label, seed) stream.
 
   Fixed-size sources arrive decoded (uint8 [H, W, 3]) and are augmented as batches;
   others arrive encoded and are decoded (crop windows only) per example.
@@ -512,7 +512,7 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
     # No per-example map at all: each costs more than augmenting a CIFAR image.
     def per_batch_fixed(images, labels, seeds):
       u = aug.view_uniforms(example_seeds(seeds), num_views, spec)
-      return {"views": aug.augment_fixed_batch(images, u, spec), "label": labels}
+      return {"views": tuple(aug.augment_fixed_batch(images, u, spec)), "label": labels}
 
     ds = stream.batch(batch, drop_remainder=True)
     ds = ds.map(per_batch_fixed, num_parallel_calls=par, deterministic=deterministic)
@@ -526,7 +526,7 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
       small = tf.constant(False)
     else:
       small = tf.reduce_min(aug.image_size_of(encoded)) < size
-    return aug.decode_views(encoded, u, spec), label, u, small
+    return tuple(aug.decode_views(encoded, u, spec)), label, u, small
 
   def check(views, label, u, small):
     # After the skipping of undecodable files, which would swallow this error too.
@@ -538,10 +538,9 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
     return views, label, u
 
   def per_batch(views, labels, u):
-    flat = tf.reshape(views, [batch * num_views, size, size, 3])
-    out = aug.finish_views(flat, tf.reshape(u, [batch * num_views, -1]), spec,
-                           scale=1.0 / 255.0)
-    return {"views": tf.reshape(out, [batch, num_views, size, size, 3]), "label": labels}
+    # One program per view (the same compiled one): no stacking or splitting copies.
+    return {"views": tuple(aug.finish_views(views[v], u[:, v], spec, scale=1.0 / 255.0)
+                           for v in range(num_views)), "label": labels}
 
   ds = stream.map(per_example, num_parallel_calls=par, deterministic=deterministic)
   if skip_bad:
@@ -577,7 +576,7 @@ def pretrain_batches(source: Source, config, *, start_step: int = 0,
       source, config.train_split, config, process=process, local_batch=batch,
       global_batch=config.batch_size, start_step=start_step, prepare=source.prepare)
   ds = _augmented_batches(stream, source, spec, 2, batch, config, deterministic)
-  ds = ds.map(lambda ex: {"image1": ex["views"][:, 0], "image2": ex["views"][:, 1],
+  ds = ds.map(lambda ex: {"image1": ex["views"][0], "image2": ex["views"][1],
                           "label": ex["label"]})
   return ds.prefetch(int(config.data.prefetch))
 
@@ -633,7 +632,7 @@ def create_supervised_dataset(config, *, data_dir: str | None, split: str | None
   if augment:
     spec = aug.ViewSpec.crop_flip(config)
     ds = _augmented_batches(stream, source, spec, 1, batch, config, deterministic)
-    ds = ds.map(lambda ex: {"image": ex["views"][:, 0], "label": ex["label"]})
+    ds = ds.map(lambda ex: {"image": ex["views"][0], "label": ex["label"]})
   else:
     size, crop = int(config.data.image_size), _eval_crop(config)
     ds = stream.map(

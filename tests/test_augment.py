@@ -95,7 +95,9 @@ def test_crop_resize_batch_matches_tf_image_resize():
   windows = tf.constant([[[3, 5, 20, 30], [0, 0, 40, 50]], [[10, 7, 9, 11], [1, 2, 38, 7]],
                          [[0, 0, 32, 32], [20, 30, 20, 20]]])
   flips = tf.constant([[False, True], [True, False], [False, False]])
-  out = A.crop_resize_batch(images, windows, flips, 32).numpy()
+  out = A.crop_resize_batch(images, tf.transpose(windows, [1, 0, 2]), tf.transpose(flips),
+                            32).numpy()
+  assert out.shape == (2, 3, 32, 32, 3)  # view-major
   for n in range(3):
     for v in range(2):
       y, x, h, w = windows[n, v].numpy()
@@ -103,7 +105,7 @@ def test_crop_resize_batch_matches_tf_image_resize():
                             antialias=False).numpy()
       if flips[n, v]:
         ref = ref[:, ::-1]
-      np.testing.assert_allclose(out[n, v], ref, atol=0.02)  # 0-255 scale
+      np.testing.assert_allclose(out[v, n], ref, atol=0.02)  # 0-255 scale
 
 
 @pytest.mark.parametrize("low,high", [(0.0, 1.0), (-0.3, 1.3)])
@@ -172,6 +174,18 @@ def test_finish_views_equals_official_per_image_pipeline():
 
 def test_blur_kernel_has_23_taps_at_224px():
   assert 2 * A.blur_radius(224, 0.1) + 1 == 23
+
+
+def test_blur_of_a_batch_with_no_view_drawn_for_it_is_the_identity():
+  spec = A.ViewSpec(image_size=12, blur=True, blur_kernel_fraction=0.5)
+  views = tf.random.uniform([3, 12, 12, 3], seed=1)
+  params = {"blur": tf.constant([False, False, False]), "sigma": tf.constant([1.0] * 3)}
+  np.testing.assert_array_equal(A.blur_views(views, params, spec).numpy(), views.numpy())
+  one = {"blur": tf.constant([False, True, False]), "sigma": tf.constant([1.0] * 3)}
+  out = A.blur_views(views, one, spec).numpy()
+  np.testing.assert_array_equal(out[[0, 2]], views.numpy()[[0, 2]])
+  np.testing.assert_allclose(out[1], np.clip(_numpy_blur(views.numpy()[1], 1.0, 3), 0, 1),
+                             atol=1e-5)
   k = A.gaussian_kernel(tf.constant([0.5, 2.0]), 11).numpy()
   assert k.shape == (2, 23)
   np.testing.assert_allclose(k.sum(axis=1), 1.0, rtol=1e-6)
@@ -188,27 +202,32 @@ def _digits_like(n, seed=0):
   return tf.constant(np.repeat(np.repeat(base_img, 4, axis=1), 4, axis=2))
 
 
+def _fixed_batch(images, u, spec):
+  """augment_fixed_batch as one array [N, V, S, S, 3]."""
+  return tf.stack(A.augment_fixed_batch(images, u, spec), axis=1)
+
+
 def test_fixed_batch_shapes_ranges_and_determinism():
   images = _digits_like(8)
   seeds = tf.constant([[i, 5] for i in range(8)], tf.int64)
   u = tf.stack([A.view_uniforms(s, 2, _SPEC32) for s in seeds])
-  out = A.augment_fixed_batch(images, u, _SPEC32).numpy()
+  out = _fixed_batch(images, u, _SPEC32).numpy()
   assert out.shape == (8, 2, 32, 32, 3) and out.dtype == np.float32
   assert out.min() >= 0.0 and out.max() <= 1.0
-  np.testing.assert_array_equal(out, A.augment_fixed_batch(images, u, _SPEC32).numpy())
+  np.testing.assert_array_equal(out, _fixed_batch(images, u, _SPEC32).numpy())
   # The two views of an image differ; a view depends on its own seed only.
   assert all(np.abs(out[n, 0] - out[n, 1]).max() > 0.05 for n in range(8))
   order = [3, 1, 0, 7, 2, 6, 4, 5]  # another batch composition: the same views
-  shuffled = A.augment_fixed_batch(tf.gather(images, order), tf.gather(u, order), _SPEC32)
+  shuffled = _fixed_batch(tf.gather(images, order), tf.gather(u, order), _SPEC32)
   np.testing.assert_allclose(shuffled.numpy(), out[order], atol=1e-6)
   other = tf.stack([A.view_uniforms(s + 100, 2, _SPEC32) for s in seeds])
-  assert np.abs(A.augment_fixed_batch(images, other, _SPEC32).numpy() - out).max() > 0.1
+  assert np.abs(_fixed_batch(images, other, _SPEC32).numpy() - out).max() > 0.1
 
 
 def test_fixed_batch_equals_per_image_crop_resize_and_jitter():
   images = _digits_like(4, seed=3)
   u = _uniforms(4, _SPEC32, seed=4, views=2)
-  out = A.augment_fixed_batch(images, u, _SPEC32).numpy()
+  out = _fixed_batch(images, u, _SPEC32).numpy()
   windows = A.sample_crop_window(u, 32, 32, _SPEC32).numpy()
   flips = A.flip_draw(u, _SPEC32).numpy()
   p = {k: v.numpy() for k, v in A.color_params(tf.reshape(u, [8, -1]), _SPEC32).items()}
@@ -235,7 +254,7 @@ def test_jpeg_views_decode_only_the_window_and_match_full_decode():
   assert np.abs(part.astype(int) - decoded[8:48, 16:64].astype(int)).mean() < 1.0
   spec = A.ViewSpec(image_size=24)
   u = _uniforms(2, spec, seed=6)
-  views = A.decode_views(encoded, u, spec).numpy()
+  views = np.stack([v.numpy() for v in A.decode_views(encoded, u, spec)])
   windows = A.sample_crop_window(u, 70, 90, spec).numpy()
   flips = A.flip_draw(u, spec).numpy()
   for v in range(2):
@@ -293,10 +312,10 @@ def test_crop_disabled_takes_the_centre_and_rejects_small_images():
   spec = A.ViewSpec(image_size=24, crop=False, flip=False, color_jitter_prob=0.0,
                     grayscale_prob=0.0)
   images = _digits_like(2)
-  out = A.augment_fixed_batch(images, _uniforms(2, spec, views=1), spec).numpy()
+  out = _fixed_batch(images, _uniforms(2, spec, views=1), spec).numpy()
   np.testing.assert_allclose(out[:, 0], images.numpy()[:, 4:28, 4:28] / 255.0, atol=1e-5)
   with pytest.raises(ValueError, match="smaller than the output size 48"):
-    A.augment_fixed_batch(images, _uniforms(2, spec, views=1),
+    _fixed_batch(images, _uniforms(2, spec, views=1),
                           A.ViewSpec(image_size=48, crop=False))
 
 
