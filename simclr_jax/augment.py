@@ -114,8 +114,7 @@ def view_uniforms(seed: tf.Tensor, num_views: int, spec: ViewSpec) -> tf.Tensor:
   """All random numbers of `num_views` views of an example: [num_views, K] in [0, 1).
 
   `seed` is a stateless-RNG seed, shape [2] integer; or a batch of them, [B, 2], for
-  [B, num_views, K] (the same numbers, one batched computation: call it inside an XLA
-  program, where it compiles to one loop).
+  [B, num_views, K]: the same numbers, made by one XLA program for the whole batch.
   """
   shape = [num_views, spec.num_uniforms]
   if seed.shape.rank == 1:
@@ -371,9 +370,9 @@ _NO_JITTER = 4  # the order index of a slot that leaves the view as it is
 
 def _jitter(x, order, brightness, contrast, saturation, hue):
   """The 4 jitter slots; order [4] int: the op of each slot, or _NO_JITTER."""
-  # A loop over the slots (unrolled, XLA compiles ~10x longer) and no tf.cond around
-  # it for views drawn without colour (a no-op branch instead: XLA CPU copies a view in
-  # and out of every conditional; this way costs a third less).
+  # A loop over the slots, not unrolled (XLA takes ~10x longer to compile that), and
+  # no tf.cond around it for a view drawn without colour: its slots take the no-op
+  # branch instead, since XLA CPU copies a view into and out of every conditional.
   def body(k, x):
     branches = [lambda: tf.clip_by_value(x * brightness, 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),

@@ -405,10 +405,9 @@ def _example_stream(records: tf.data.Dataset, epoch_size: int, *, seed: int, sha
     if shuffle_buffer > 1:
       ds = ds.shuffle(shuffle_buffer, seed=_epoch_shuffle_seed(seed, e, shard),
                       reshuffle_each_iteration=False)
-    # fold_in(epoch_seed, i) is [draw(epoch_seed), i]: the draw is made once per epoch,
-    # since a random op per element costs ~50 us of CPU (most of a CIFAR image's budget).
-    # Any op in it would cost about as much, so the pair is only stacked where the
-    # seed is used, after batching (`example_seeds`).
+    # fold_in(epoch_seed, i) is [draw(epoch_seed), i]: the draw is made once per epoch
+    # and the pair is stacked only where it is used, after batching (`example_seeds`),
+    # because a map with any op in it costs 30-50 us of CPU per element here.
     key = tf.random.experimental.stateless_fold_in(_seed_pair(seed, shard, e),
                                                    tf.constant(0, tf.int64))[0]
     return ds.enumerate().map(lambda i, rec: (e, i, rec[0], rec[1], key))
