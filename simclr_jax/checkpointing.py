@@ -75,7 +75,13 @@ def config_meta(config: ml_collections.ConfigDict) -> dict:
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (and by JAX's preemption notice on multi-process runs)."""
+  """Set by SIGTERM on single-process runs.
+
+  On multi-process runs SIGTERM is left to JAX's preemption service, which agrees on
+  one step at which every process stops (`Checkpointer.reached_preemption`): a flag
+  set in one process only would make it save alone while the others wait for it in
+  their next collective.
+  """
 
   def __init__(self):
     self.requested = False
@@ -85,8 +91,10 @@ class PreemptionFlag:
     def handler(signum, frame):
       del signum, frame
       self.requested = True
-    self._previous = signal.signal(signal.SIGTERM, handler)
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, handler)
     return self
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

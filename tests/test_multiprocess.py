@@ -36,10 +36,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_job(workdir: str, port: int) -> list:
+def start_job(workdir: str, port: int, run=RUN) -> list:
   procs = []
   for pid in range(2):
-    cmd = cli.main_command("configs/digits.py", workdir, *RUN,
+    cmd = cli.main_command("configs/digits.py", workdir, *run,
                            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                            f"--process_id={pid}", "--initialization_timeout=120")
     procs.append(cli.subprocess.Popen(cmd, env=cli.env(devices=2), cwd=cli.ROOT, text=True,
@@ -96,3 +96,26 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   # gloo's all-reduce sums in another order than the in-process one; over 9 LARS steps
   # that leaves ~3e-6 on parameters of norm ~0.01 (the zero-initialised BN scales).
   assert_same_params(params_single, params_multi, rtol=1e-4, atol=2e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
+  # A preempted host: SIGTERM reaches process 1 only. JAX's preemption service must
+  # make both processes save the same step and exit 0; the rerun finishes the job.
+  workdir = str(tmp_path / "multi")
+  steps = 60  # time for the notice to reach the coordinator and come back
+  run = tuple(a for a in RUN if "num_train_steps" not in a) + (
+      f"--config.num_train_steps={steps}",)
+  procs = start_job(workdir, free_port(), run)
+  wait_for_checkpoint(workdir, 3, procs)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = wait_all(procs, timeout=300)
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                 if d.isdigit())
+  stopped = saved[-1]
+  assert 3 < stopped < steps, (saved, outputs[0][-3000:])
+  assert all(f"Preempted: saved step {stopped}" in out for out in outputs)
+  assert max(cli.losses_by_step(workdir)) == stopped
+
+  outputs = wait_all(start_job(workdir, free_port(), run))
+  assert any(f"Resumed from step {stopped}" in out for out in outputs)
+  assert sorted(cli.losses_by_step(workdir)) == list(range(1, steps + 1))
