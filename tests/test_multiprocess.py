@@ -7,7 +7,8 @@ process reads the same deterministic example stream and keeps its own rows of ea
 global batch, so both layouts train on identical global batches (rows in the same
 device order); the per-step losses and the final parameters must then agree. The
 2-process job is killed (SIGKILL) after its first checkpoint and restarted: it must
-resume from the shared checkpoint directory and still match.
+resume from the shared checkpoint directory and still match. A second job gets SIGTERM
+on one process only, as a preempted host would: both processes must stop at one step.
 """
 
 import os
@@ -102,7 +103,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
   # A preempted host: SIGTERM reaches process 1 only. JAX's preemption service must
   # make both processes save the same step and exit 0; the rerun finishes the job.
   workdir = str(tmp_path / "multi")
-  steps = 60  # time for the notice to reach the coordinator and come back
+  steps = 20  # leaves time for the notice to reach the coordinator and come back
   run = tuple(a for a in RUN if "num_train_steps" not in a) + (
       f"--config.num_train_steps={steps}",)
   procs = start_job(workdir, free_port(), run)
