@@ -52,6 +52,20 @@ class Checkpointer:
     """True on every process once JAX's preemption notice arrived (multi-process runs)."""
     return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
+  def save_if_due(self, step: int, state: Any, meta: dict, *, every: int, last: bool,
+                  preempted: "PreemptionFlag", before_save: Any = None) -> bool:
+    """Saves on the `every`-step cadence, at the `last` step, or when preempted.
+
+    Returns whether the loop must stop now (preempted: this step is saved).
+    `before_save()` runs just before a save (e.g. a check that the state is finite).
+    """
+    stop = preempted.requested or self.reached_preemption(step)
+    if (every > 0 and step % every == 0) or last or stop:
+      if before_save is not None:
+        before_save()
+      self.save(step, state, meta)
+    return stop
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -385,9 +385,8 @@ def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
         log.write(step, on_eval(state))
       if ckpt is None:
         continue
-      stop = preempted.requested or ckpt.reached_preemption(step)
-      if step % checkpoint_every == 0 or last or stop:
-        ckpt.save(step, state, meta)
+      stop = ckpt.save_if_due(step, state, meta, every=checkpoint_every, last=last,
+                              preempted=preempted)
       if stop and not last:
         logging.warning("Preempted: saved %sstep %d; the same command resumes.", prefix,
                         step)

@@ -158,11 +158,10 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
       # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
       if config.knn_every_steps > 0 and (step % config.knn_every_steps == 0 or last):
         log.write(step, knn.monitor(run, state))
-      stop = preempted.requested or ckpt.reached_preemption(step)
-      if step % config.checkpoint_every_steps == 0 or last or stop:
-        check_finite(step, metric_log.mean_metrics([metrics]))  # never checkpoint a broken state
-        ckpt.save(step, state, meta)
-      if stop:
+      if ckpt.save_if_due(  # never checkpoint a broken state
+          step, state, meta, every=config.checkpoint_every_steps, last=last,
+          preempted=preempted,
+          before_save=lambda: check_finite(step, metric_log.mean_metrics([metrics]))):
         logging.warning("Preempted: saved step %d, exiting.", step)
         break
   return state

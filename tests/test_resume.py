@@ -121,3 +121,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(straight_run, tmp_
   step, params = final_params(workdir)
   assert step == good_step
   assert_same_params(params, good_params)
+
+
+def test_save_if_due_saves_on_cadence_last_step_and_preemption(tmp_path):
+  from simclr_jax import checkpointing
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=10, async_save=False)
+  flag = checkpointing.PreemptionFlag()
+  state, checks = {"w": np.zeros(2, np.float32)}, []
+  stops = {}
+  for step in range(1, 8):
+    flag.requested = step == 5
+    stops[step] = ckpt.save_if_due(step, state, {}, every=3, last=step == 7, preempted=flag,
+                                   before_save=lambda s=step: checks.append(s))
+  ckpt.wait()
+  assert sorted(ckpt.manager.all_steps()) == [3, 5, 6, 7]
+  assert checks == [3, 5, 6, 7]
+  assert [s for s, stop in stops.items() if stop] == [5]
+  ckpt.close()
