@@ -665,3 +665,64 @@ def test_bad_image_shapes_raise():
     model.init(jax.random.key(0), jnp.zeros((16, 16, 3)), train=False)
   with pytest.raises(ValueError, match=r"\(4, 2, 3\)"):
     ProjectionHead().init(jax.random.key(0), jnp.zeros((4, 2, 3)), train=False)
+
+
+# ---------------------------------------------------------------------------------
+# The CPU fusion barrier (models/fusion_barrier.py)
+# ---------------------------------------------------------------------------------
+
+def _on_one_device_mesh(fn):
+  """fn mapped over a 1-device mesh with axis "batch" (as the train step is)."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
+  P = jax.sharding.PartitionSpec
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(),
+                               check_vma=False))
+
+
+def test_fusion_barrier_is_the_identity_and_so_is_its_gradient():
+  from simclr_jax.models import fusion_barrier as fb
+  x = images((2, 4, 4, 3), seed=11)
+  g = images((2, 4, 4, 3), seed=12)
+
+  def f(x):
+    y, vjp = jax.vjp(lambda x: fb.fusion_barrier(x, "batch"), x)
+    return y, vjp(g)[0]
+
+  y, dx = _on_one_device_mesh(f)(x)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(dx), np.asarray(g))
+
+
+def test_fusion_barrier_only_in_cpu_training_and_gradients_unchanged(monkeypatch):
+  from simclr_jax.models import fusion_barrier as fb
+  model = _tiny_model(axis_name="batch")
+  x = images((8, 8, 8, 3), seed=13)
+  variables = random_variables(model, x, seed=13)
+  params, stats = variables["params"], variables["batch_stats"]
+
+  def loss_and_grad(params):
+    def loss(params):
+      out, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                           mutable=["batch_stats"])
+      return _nt_xent(out["z"])
+    return jax.value_and_grad(loss)(params)
+
+  def train_hlo_and_result():
+    fn = _on_one_device_mesh(loss_and_grad)
+    return fn.lower(params).as_text(), fn(params)
+
+  hlo_on, (loss_on, grad_on) = train_hlo_and_result()
+  monkeypatch.setattr(fb, "applies", lambda: False)
+  hlo_off, (loss_off, grad_off) = train_hlo_and_result()
+  # 17 ReLUs of ResNet-18 (stem + 2 per block) store an activation through a barrier.
+  assert hlo_on.count("collective_permute") == 17
+  assert "collective_permute" not in hlo_off
+  np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               grad_on, grad_off)
+  assert max(float(np.abs(a).max()) for a in jax.tree.leaves(grad_on)) > 1e-4
+  monkeypatch.undo()
+  # Evaluation mode stores nothing for a gradient: no barrier there.
+  eval_fn = _on_one_device_mesh(lambda p: model.apply(
+      {"params": p, "batch_stats": stats}, x, train=False)["h"])
+  assert "collective_permute" not in eval_fn.lower(params).as_text()

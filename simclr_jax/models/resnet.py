@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from simclr_jax.models import fusion_barrier
+
 Array = Any
 Dtype = Any
 
@@ -109,6 +111,18 @@ def conv(x: Array, features: int, kernel_size: int, strides: int, dtype: Dtype,
                  kernel_init=conv_kernel_init, name=name)(x)
 
 
+def relu(x: Array, train: bool, axis_name: str | None) -> Array:
+  """ReLU of an activation that the next layer stores for its gradient.
+
+  In training on the CPU backend it passes a fusion barrier (fusion_barrier.py: the
+  same values, a faster step); `axis_name` is the mapped axis the step runs under.
+  """
+  y = nn.relu(x)
+  if train and axis_name is not None and fusion_barrier.applies():
+    y = fusion_barrier.fusion_barrier(y, axis_name)
+  return y
+
+
 class _BlockBase(nn.Module):
   """Fields shared by both residual block kinds."""
   features: int  # bottleneck width (bottleneck) or output width (basic)
@@ -143,10 +157,10 @@ class BasicBlock(_BlockBase):
   def __call__(self, x: Array, train: bool) -> Array:
     shortcut = self._shortcut(x, self.features, train)
     y = conv(x, self.features, 3, self.strides, self.dtype, "conv1")
-    y = nn.relu(self._bn(y, train, "bn1"))
+    y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
     y = conv(y, self.features, 3, 1, self.dtype, "conv2")
     y = self._bn(y, train, "bn2", zero_init=True)
-    return nn.relu(y + shortcut)
+    return relu(y + shortcut, train, self.axis_name)
 
 
 class BottleneckBlock(_BlockBase):
@@ -160,12 +174,12 @@ class BottleneckBlock(_BlockBase):
     out_features = _BOTTLENECK_EXPANSION * self.features
     shortcut = self._shortcut(x, out_features, train)
     y = conv(x, self.features, 1, 1, self.dtype, "conv1")
-    y = nn.relu(self._bn(y, train, "bn1"))
+    y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
     y = conv(y, self.features, 3, self.strides, self.dtype, "conv2")
-    y = nn.relu(self._bn(y, train, "bn2"))
+    y = relu(self._bn(y, train, "bn2"), train, self.axis_name)
     y = conv(y, out_features, 1, 1, self.dtype, "conv3")
     y = self._bn(y, train, "bn3", zero_init=True)
-    return nn.relu(y + shortcut)
+    return relu(y + shortcut, train, self.axis_name)
 
 
 class ResNet(nn.Module):
@@ -230,10 +244,10 @@ class ResNet(nn.Module):
     intermediates = {}
     if self.cifar_stem:
       y = conv(x, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
-      y = nn.relu(bn(y, "stem_bn"))
+      y = relu(bn(y, "stem_bn"), train, self.axis_name)
     else:
       y = conv(x, width(_STEM_WIDTH), 7, 2, self.dtype, "stem_conv")
-      y = nn.relu(bn(y, "stem_bn"))
+      y = relu(bn(y, "stem_bn"), train, self.axis_name)
       # The official code max-pools with TF 'SAME' padding (not the fixed padding).
       y = nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
     intermediates["stem"] = y
