@@ -17,6 +17,8 @@ from absl import flags
 import harness  # noqa: F401 (sets up paths and XLA flags first)
 import jax
 
+from simclr_jax.models import fusion_barrier
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "resnet18_cifar", list(harness.PRESETS), "Model and image size.")
 flags.DEFINE_integer("batch_size", 64, "Global batch of source images (2 views each).")
@@ -30,6 +32,8 @@ flags.DEFINE_float("peak_tflops", 0.0,
                    "dense bf16 peak, else none.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_string("profile", None, "Write a JAX profiler trace of 3 steps to this dir.")
+flags.DEFINE_bool("fusion_barrier", True,
+                  "CPU backend: keep models/fusion_barrier.py on (false: for an A/B).")
 
 # Dense bf16 tensor-core peaks (vendor data sheets, SXM parts).
 KNOWN_PEAKS_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -44,6 +48,8 @@ def peak_tflops(device) -> float | None:
 
 def main(argv):
   del argv
+  if not FLAGS.fusion_barrier:
+    fusion_barrier.applies = lambda: False
   devices = jax.devices()[:FLAGS.devices or None]
   config = harness.make_config(FLAGS.preset, FLAGS.batch_size, FLAGS.dtype, FLAGS.width)
   step, state, batch = harness.build_step(config, devices)
@@ -56,6 +62,7 @@ def main(argv):
   result = {
       "preset": FLAGS.preset, "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype,
       "width": FLAGS.width, "devices": len(devices),
+      "fusion_barrier": FLAGS.fusion_barrier and fusion_barrier.applies(),
       "device_kind": devices[0].device_kind, "platform": devices[0].platform,
       "host": platform.node(), "jax": jax.__version__,
       "compile_s": compile_s, "step_s_median": median_s,
