@@ -7,7 +7,7 @@ latest complete one and the partial one is never read.
 
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -53,7 +53,8 @@ class Checkpointer:
     return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
   def save_if_due(self, step: int, state: Any, meta: dict, *, every: int, last: bool,
-                  preempted: "PreemptionFlag", before_save: Any = None) -> bool:
+                  preempted: "PreemptionFlag",
+                  before_save: Callable[[], None] | None = None) -> bool:
     """Saves on the `every`-step cadence, at the `last` step, or when preempted.
 
     Returns whether the loop must stop now (preempted: this step is saved).

@@ -3,13 +3,14 @@
 For the kernel gradient of each convolution, XLA CPU stores the layer's input
 activation transposed to [C, H, W, N]. It fuses the BatchNorm + ReLU that produce the
 activation into that transpose, so the transpose recomputes them in a loop that reads
-its input with a large stride: 4-7x slower than a plain transpose of the stored
+its input with a large stride: 3-7x slower than a plain transpose of the stored
 activation. `lax.optimization_barrier` does not keep them apart (XLA CPU removes it
 before fusion), but XLA never fuses a collective: a collective permute that sends
 every device's block to itself returns its input unchanged and makes XLA store the
 activation, then transpose it plainly. For the ResNet-18 (CIFAR stem) step on 64
-images on a 2-core CPU that is 3.2 s instead of 3.7-4.0 s (BENCHMARKS.md). The
-barrier applies to the forward pass only (its gradient is the plain identity).
+images on a 2-core CPU that was 3.2-3.6 s instead of 3.7-4.0 s in interleaved runs
+(BENCHMARKS.md). The barrier applies to the forward pass only (its gradient is the
+plain identity).
 """
 
 import functools
