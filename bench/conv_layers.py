@@ -6,9 +6,9 @@ Reads the convolutions (shapes, strides, padding) from the model's own forward p
 then times each one in isolation as its own jitted program: the forward convolution,
 the gradient with respect to its input (not for the first one, whose input is the
 image) and the gradient with respect to its kernel, each the fastest of --repeats
-runs. Their sum is what the step spends
-in convolutions if nothing else ran and no layout change were needed; compare it with
-bench/train_step.py's step time on the same devices.
+runs. Their sum is what the step spends in convolutions if nothing else ran and no
+layout change were needed; compare it with bench/train_step.py's step time on the
+same devices.
 """
 
 import collections

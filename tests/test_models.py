@@ -18,6 +18,7 @@ import pytest
 from configs import base as base_config
 from simclr_jax.models import (
     ProjectionHead, ResNet, SimCLRModel, create_model, feature_dim, min_image_size)
+from simclr_jax.models import fusion_barrier as fb
 from simclr_jax.models.resnet import BasicBlock, BottleneckBlock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -680,7 +681,6 @@ def _on_one_device_mesh(fn):
 
 
 def test_fusion_barrier_is_the_identity_and_so_is_its_gradient():
-  from simclr_jax.models import fusion_barrier as fb
   x = images((2, 4, 4, 3), seed=11)
   g = images((2, 4, 4, 3), seed=12)
 
@@ -694,7 +694,6 @@ def test_fusion_barrier_is_the_identity_and_so_is_its_gradient():
 
 
 def test_fusion_barrier_only_in_cpu_training_and_gradients_unchanged(monkeypatch):
-  from simclr_jax.models import fusion_barrier as fb
   model = _tiny_model(axis_name="batch")
   x = images((8, 8, 8, 3), seed=13)
   variables = random_variables(model, x, seed=13)
