@@ -68,10 +68,15 @@ def model_convs(config) -> list[Conv]:
   return find_convs(closed.jaxpr)
 
 
+def apply_fn(conv: Conv):
+  """(x, w) -> the convolution, exactly as the model's forward pass runs it."""
+  return lambda x, w: jax.lax.conv_general_dilated_p.bind(x, w, **conv.params)
+
+
 def warm_up(conv: Conv, seconds: float) -> None:
   x = jnp.ones(conv.lhs.shape, conv.lhs.dtype)
   w = jnp.ones(conv.rhs.shape, conv.rhs.dtype)
-  f = jax.jit(lambda x, w: jax.lax.conv_general_dilated_p.bind(x, w, **conv.params))
+  f = jax.jit(apply_fn(conv))
   end = time.perf_counter() + seconds
   while time.perf_counter() < end:
     jax.block_until_ready(f(x, w))
@@ -95,7 +100,7 @@ def time_conv(conv: Conv, with_input_grad: bool) -> dict[str, float]:
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(conv.lhs.shape), conv.lhs.dtype)
   w = jnp.asarray(0.05 * rng.standard_normal(conv.rhs.shape), conv.rhs.dtype)
-  f = lambda x, w: jax.lax.conv_general_dilated_p.bind(x, w, **conv.params)  # noqa: E731
+  f = apply_fn(conv)
   g = jnp.ones(jax.eval_shape(f, x, w).shape, conv.lhs.dtype)
   out = {"fwd": _fastest_seconds(jax.jit(f), x, w),
          "d_kernel": _fastest_seconds(jax.jit(lambda x, w, g: jax.vjp(
@@ -124,8 +129,7 @@ def main(argv):
     if keys[i] in keys[:i]:
       continue
     times = time_conv(conv, with_input_grad=i > 0)  # the image needs no gradient
-    out_shape = jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated_p.bind(
-        x, w, **conv.params), conv.lhs, conv.rhs).shape
+    out_shape = jax.eval_shape(apply_fn(conv), conv.lhs, conv.rhs).shape
     rows.append({"input": list(conv.lhs.shape), "kernel": list(conv.rhs.shape),
                  "stride": list(conv.params["window_strides"]), "count": counts[keys[i]],
                  "gflop_fwd": conv_flops(conv, out_shape) / 1e9,
