@@ -67,7 +67,8 @@ class SimCLRNet(nn.Module):
       cin = width
     self.encoder = nn.Sequential(*layers)
     self.head = nn.Sequential(nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
-                              nn.Linear(512, 128, bias=False), nn.BatchNorm1d(128, affine=False))
+                              nn.Linear(512, 128, bias=False), nn.BatchNorm1d(128))
+    self.head[-1].bias.requires_grad_(False)  # the last BN has a gamma but no beta
     self.probe = nn.Linear(512, num_classes)
 
   def forward(self, x):
