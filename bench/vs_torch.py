@@ -46,16 +46,18 @@ def run_median(name: str) -> float:
       return json.load(f)["step_s_median"]
 
 
+def ratio_to_best_torch(row: dict[str, float]) -> float:
+  return row["simclr_jax"] / min(row["torch_nchw"], row["torch_nhwc"])
+
+
 def main(argv):
   del argv
   rounds = []
   for r in range(FLAGS.rounds):
     rounds.append({name: run_median(name) for name in RUNS})
-    row = rounds[-1]
-    best_torch = min(row["torch_nchw"], row["torch_nhwc"])
-    print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items())
-          + f"; simclr_jax / best torch {row['simclr_jax'] / best_torch:.2f}", flush=True)
-  ratios = [row["simclr_jax"] / min(row["torch_nchw"], row["torch_nhwc"]) for row in rounds]
+    print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3f} s" for k, v in rounds[-1].items())
+          + f"; simclr_jax / best torch {ratio_to_best_torch(rounds[-1]):.2f}", flush=True)
+  ratios = [ratio_to_best_torch(row) for row in rounds]
   print(f"median ratio simclr_jax / best torch: {statistics.median(ratios):.2f} "
         f"(range {min(ratios):.2f}-{max(ratios):.2f})")
   if FLAGS.json:
