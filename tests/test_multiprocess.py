@@ -7,8 +7,9 @@ process reads the same deterministic example stream and keeps its own rows of ea
 global batch, so both layouts train on identical global batches (rows in the same
 device order); the per-step losses and the final parameters must then agree. The
 2-process job is killed (SIGKILL) after its first checkpoint and restarted: it must
-resume from the shared checkpoint directory and still match. A second job gets SIGTERM
-on one process only, as a preempted host would: both processes must stop at one step.
+resume from the shared checkpoint directory and still match; one process on one device
+then exports its final checkpoint. A second job gets SIGTERM on one process only, as a
+preempted host would: both processes must stop at one step.
 """
 
 import os
@@ -18,8 +19,10 @@ import socket
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from simclr_jax import export
 from tests import cli
 from tests.test_resume import assert_same_params, final_params
 
@@ -97,6 +100,20 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   # gloo's all-reduce sums in another order than the in-process one; over 9 LARS steps
   # that leaves ~3e-6 on parameters of norm ~0.01 (the zero-initialised BN scales).
   assert_same_params(params_single, params_multi, rtol=1e-4, atol=2e-5)
+
+  # Train on many hosts, export on one: a single process on one device reads the
+  # 2-process checkpoint and exports exactly its encoder and head weights.
+  export_dir = str(tmp_path / "exported")
+  cli.run_main("configs/digits.py", str(tmp_path / "export_run"), *cli.TINY,
+               "--config.mode=export", f"--config.init_from={multi}",
+               f"--config.export.dir={export_dir}", "--config.export.platforms=('cpu',)")
+  _, variables, spec = export.load_variables(export_dir)
+  assert spec["pretrain_step"] == STEPS
+  exported = ocp.tree.to_flat_dict(variables["params"])
+  trained = ocp.tree.to_flat_dict(params_multi)
+  assert len(exported) > 50 and set(exported) <= set(trained)
+  for k, v in exported.items():
+    np.testing.assert_array_equal(v, trained[k], err_msg=str(k))
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
