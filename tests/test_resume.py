@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from simclr_jax import checkpointing
 from tests import cli
 
 pytestmark = pytest.mark.slow
@@ -124,7 +125,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(straight_run, tmp_
 
 
 def test_save_if_due_saves_on_cadence_last_step_and_preemption(tmp_path):
-  from simclr_jax import checkpointing
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=10, async_save=False)
   flag = checkpointing.PreemptionFlag()
   state, checks = {"w": np.zeros(2, np.float32)}, []
