@@ -7,13 +7,16 @@ clipped after each) applied with some probability, grayscale, optional Gaussian 
 final clip to [0, 1].
 
 The cost is arranged differently, for speed on a few host cores:
-- Every random number of a view comes from one stateless uniform draw keyed by a
-  per-example seed (`view_uniforms`), so a view depends only on (image, seed): the same
+- Every random number of a view comes from a per-example seed: one stateless uniform
+  draw (`view_uniforms`), and for encoded images the crop op seeded from it
+  (`crop_seed`). So a view depends only on (image, seed): the same
   whatever the batch it lands in, which makes resumed and multi-process streams exact.
-- The crop sampler is vectorised over its 100 attempts (and over a batch), a
-  reimplementation of the op's kernel; `sample_crop_window` is tested against the op.
 - Fixed-size images (CIFAR-like) are cropped, resized and flipped as a batch of two
-  matrix products per view; JPEGs are decoded only inside the two views' window.
+  matrix products per view, with crop windows drawn by `sample_crop_window`, the op's
+  kernel reimplemented vectorised over its 100 attempts and the batch (tested against
+  the op). Encoded images (JPEGs) are processed per example: each view's crop box is
+  the op itself (`crop_box`, seeded from the example's seed), and a JPEG is decoded
+  only inside the union of its views' boxes.
 - Colour, grayscale and blur run as one XLA program per batch that loops over the
   views and runs, for each, only the operations it draws (saturation and hue in RGB,
   equal to tf.image's HSV definitions; a separable blur kernel).
@@ -22,6 +25,7 @@ The cost is arranged differently, for speed on a few host cores:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
@@ -511,70 +515,87 @@ def image_size_of(encoded: tf.Tensor) -> tf.Tensor:
                                           expand_animations=False))[:2])
 
 
-def decode_window(encoded: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
-  """The pixels of window (y, x, h, w) of an encoded image: uint8 [h, w, 3].
+_WHOLE_IMAGE = (((0.0, 0.0, 1.0, 1.0),),)  # the bounding box [1, 1, 4]
 
-  A JPEG is decoded only inside the window (`tf.image.decode_and_crop_jpeg`);
-  grayscale sources become 3 channels.
+
+def crop_seed(seed: tf.Tensor, view: int) -> tf.Tensor:
+  """The crop op's seed for view `view` of an example with seed (key, index) [2].
+
+  The key is offset by view + 1, so the stream differs from the example's uniforms
+  (seed itself) and from every other example (a different index, or epoch key).
   """
-  def jpeg():
-    return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-
-  def other():
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
-
-  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-  image.set_shape([None, None, 3])
-  return image
+  return seed + tf.constant([view + 1, 0], seed.dtype)
 
 
-def _windows_to_views(pixels: tf.Tensor, windows: tf.Tensor, origin: tf.Tensor,
-                      flips: tf.Tensor, size: int) -> list[tf.Tensor]:
-  """Crops windows (image coordinates) out of pixels starting at origin; resizes."""
-  views = []
-  for v in range(windows.shape[0]):
-    y, x = windows[v, 0] - origin[0], windows[v, 1] - origin[1]
-    crop = pixels[y:y + windows[v, 2], x:x + windows[v, 3]]
-    crop = tf.cond(flips[v], lambda c=crop: tf.reverse(c, axis=[1]), lambda c=crop: c)
-    # Same result from float input, but TF's uint8 bicubic kernel is ~1.5x slower.
-    views.append(tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bicubic",
-                                 antialias=False))
-  return views
+def crop_box(shape: tf.Tensor, seed: tf.Tensor, view: int,
+             spec: ViewSpec) -> tuple[tf.Tensor, tf.Tensor]:
+  """One view's random resized crop of an image of `shape` (H, W, C): (begin, size) [3].
+
+  `tf.image.stateless_sample_distorted_bounding_box` itself: one op per view, as
+  the per-example cost of a tf.data map is counted in ops.
+  """
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, tf.constant(_WHOLE_IMAGE), seed=crop_seed(seed, view),
+      min_object_covered=spec.min_object_covered,
+      aspect_ratio_range=spec.aspect_ratio_range, area_range=spec.area_range,
+      max_attempts=spec.max_attempts, use_image_if_no_bounding_boxes=True)
+  return begin, size
 
 
-def decode_views(encoded: tf.Tensor, u: tf.Tensor, spec: ViewSpec) -> list[tf.Tensor]:
+def _boxes(shape: tf.Tensor, seed: tf.Tensor, num_views: int,
+           spec: ViewSpec) -> list[tuple[tf.Tensor, tf.Tensor]]:
+  if spec.crop:
+    return [crop_box(shape, seed, v, spec) for v in range(num_views)]
+  side = tf.minimum(tf.reduce_min(shape[:2]), spec.image_size)
+  begin = tf.concat([(shape[:2] - side) // 2, [0]], 0)
+  return [(begin, tf.stack([side, side, -1]))] * num_views
+
+
+def _view(pixels: tf.Tensor, begin: tf.Tensor, size: tf.Tensor, flip: tf.Tensor | None,
+          out_size: int) -> tf.Tensor:
+  """The box (begin, size) [3] of pixels, mirrored if flip, resized bicubically."""
+  crop = tf.slice(pixels, begin, size)
+  if flip is not None:
+    # On the uint8 crop: a mirror of the float view inside the colour program cost
+    # more (~0.1 ms per 224 px view) than this op and its conditional.
+    crop = tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+  # From float32: the same values, and TF's uint8 bicubic kernel is ~1.5x slower.
+  return tf.image.resize(tf.cast(crop, tf.float32), [out_size, out_size],
+                         method="bicubic", antialias=False)
+
+
+def decode_views(encoded: tf.Tensor, seed: tf.Tensor, u: tf.Tensor,
+                 spec: ViewSpec) -> list[tf.Tensor]:
   """Crops, resizes and flips V views of one encoded image: V float32 [S, S, 3], 0-255.
 
-  A JPEG is decoded once, inside the union of the V windows only (its header gives
-  the size the windows are drawn for); other formats are decoded whole, once. Values
+  A JPEG is decoded once, inside the union of the V crop boxes only (its header gives
+  the size the boxes are drawn for); other formats are decoded whole, once. Values
   are left in 0-255 with the bicubic overshoot: `finish_views(..., scale=1/255)`
-  continues. With crop disabled the view is the central S x S window; an image
-  smaller than that is used whole (the input pipeline reports it as an error).
-  """
-  size = spec.image_size
-  num_views = u.shape[0]
-  flips = flip_draw(u, spec)
+  continues. With crop disabled a view is the central S x S window; an image smaller
+  than that is used whole (the input pipeline reports it as an error).
 
-  def windows_for(hw):
-    if spec.crop:
-      return sample_crop_window(u, hw[0], hw[1], spec)
-    side = tf.minimum(tf.reduce_min(hw), size)
-    return tf.tile(tf.stack([(hw[0] - side) // 2, (hw[1] - side) // 2, side, side])[None],
-                   [num_views, 1])
+  Args:
+    encoded: the image file's bytes, a scalar string.
+    seed: the example's stateless seed, int64 [2]: view v's crop box is drawn with
+      `crop_seed(seed, v)`.
+    u: [V, K] the views' uniforms (`view_uniforms` of seed): the flips.
+    spec: the view distribution.
+  """
+  size, num_views = spec.image_size, u.shape[0]
+  flips = tf.unstack(flip_draw(u, spec)) if spec.flip else [None] * num_views
 
   def jpeg():
-    windows = windows_for(tf.image.extract_jpeg_shape(encoded)[:2])
-    top_left = tf.reduce_min(windows[:, :2], axis=0)
-    bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+    boxes = _boxes(tf.image.extract_jpeg_shape(encoded), seed, num_views, spec)
+    top_left = functools.reduce(tf.minimum, [b for b, _ in boxes])
+    bottom_right = functools.reduce(tf.maximum, [b + s for b, s in boxes])
     union = tf.image.decode_and_crop_jpeg(
-        encoded, tf.concat([top_left, bottom_right - top_left], 0), channels=3)
-    return _windows_to_views(union, windows, top_left, flips, size)
+        encoded, tf.concat([top_left[:2], (bottom_right - top_left)[:2]], 0), channels=3)
+    return [_view(union, b - top_left, s, f, size) for (b, s), f in zip(boxes, flips)]
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    windows = windows_for(tf.shape(image)[:2])
-    return _windows_to_views(image, windows, tf.zeros([2], tf.int32), flips, size)
+    boxes = _boxes(tf.shape(image), seed, num_views, spec)
+    return [_view(image, b, s, f, size) for (b, s), f in zip(boxes, flips)]
 
   views = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   for view in views:

@@ -520,8 +520,9 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
   skip_bad = isinstance(source, FolderSource)  # a user's files: skip what won't decode
 
   def per_example(encoded, label, seed):
-    u = aug.view_uniforms(example_seeds(seed), num_views, spec)
-    views = tuple(aug.decode_views(encoded, u, spec))
+    seed = example_seeds(seed)
+    u = aug.view_uniforms(seed, num_views, spec)
+    views = tuple(aug.decode_views(encoded, seed, u, spec))
     if spec.crop:
       return views, label, u
     return views, label, u, tf.reduce_min(aug.image_size_of(encoded)) < size

@@ -241,31 +241,80 @@ def test_fixed_batch_equals_per_image_crop_resize_and_jitter():
       np.testing.assert_allclose(out[n, v], ref, atol=2e-3)
 
 
-def test_jpeg_views_decode_only_the_window_and_match_full_decode():
+def _decode_views(encoded, seed, spec, num_views=2):
+  """decode_views on seed, and the views' flips."""
+  seed = tf.constant(seed, tf.int64)
+  u = A.view_uniforms(seed, num_views, spec)
+  views = np.stack([v.numpy() for v in A.decode_views(encoded, seed, u, spec)])
+  return views, A.flip_draw(u, spec).numpy()
+
+
+def _reference_views(image, seed, flips, spec):
+  """Crop box v of the image (from the example's seed), mirrored if flips[v], resized."""
+  out = []
+  for v, flip in enumerate(flips):
+    begin, size = (t.numpy() for t in A.crop_box(
+        tf.constant(image.shape), tf.constant(seed, tf.int64), v, spec))
+    crop = image[begin[0]:begin[0] + size[0], begin[1]:begin[1] + size[1]]
+    crop = crop[:, ::-1] if flip else crop
+    out.append(tf.image.resize(crop.astype(np.float32), [spec.image_size] * 2,
+                               method="bicubic", antialias=False).numpy())
+  return np.stack(out)
+
+
+def test_jpeg_views_decode_only_the_union_of_the_crop_boxes():
   rng = np.random.default_rng(5)
   image = np.clip(rng.normal(128, 60, [70, 90, 3]), 0, 255).astype(np.uint8)
   encoded = tf.io.encode_jpeg(image, quality=90)
   decoded = tf.io.decode_jpeg(encoded, channels=3).numpy()
-  window = tf.constant([8, 16, 40, 48])
-  part = A.decode_window(encoded, window).numpy()
-  assert part.shape == (40, 48, 3)
-  # Inside the window libjpeg's crop decode equals the full decode up to chroma
+  # Inside a window libjpeg's crop decode equals the full decode up to chroma
   # upsampling at the window's edges.
+  part = tf.image.decode_and_crop_jpeg(encoded, [8, 16, 40, 48], channels=3).numpy()
+  assert part.shape == (40, 48, 3)
   assert np.abs(part.astype(int) - decoded[8:48, 16:64].astype(int)).mean() < 1.0
   spec = A.ViewSpec(image_size=24)
-  u = _uniforms(2, spec, seed=6)
-  views = np.stack([v.numpy() for v in A.decode_views(encoded, u, spec)])
-  windows = A.sample_crop_window(u, 70, 90, spec).numpy()
-  flips = A.flip_draw(u, spec).numpy()
-  for v in range(2):
-    y, x, h, w = windows[v]
-    crop = decoded[y:y + h, x:x + w]
-    crop = crop[:, ::-1] if flips[v] else crop
-    ref = tf.image.resize(crop, [24, 24], method="bicubic", antialias=False).numpy()
-    assert np.abs(views[v] - ref).mean() < 2.0  # 0-255 scale
-  png = tf.io.encode_png(image)  # other formats: decoded, then cropped
-  np.testing.assert_array_equal(A.decode_window(png, window).numpy(),
-                                image[8:48, 16:64])
+  all_flips = []
+  for seed in ([7, 3], [7, 4], [-5, 0], [9, 9]):
+    views, flips = _decode_views(encoded, seed, spec)
+    all_flips.extend(flips)
+    assert views.shape == (2, 24, 24, 3) and views.dtype == np.float32
+    ref = _reference_views(decoded, seed, flips, spec)
+    assert np.abs(views - ref).mean(axis=(1, 2, 3)).max() < 2.0  # 0-255 scale
+    assert np.abs(views[0] - views[1]).mean() > 5.0  # two different crops
+  assert 0 < sum(all_flips) < len(all_flips)
+  # Other formats: decoded whole, then cropped (exactly the image's pixels).
+  views, flips = _decode_views(tf.io.encode_png(image), [7, 3], spec)
+  np.testing.assert_allclose(views, _reference_views(image, [7, 3], flips, spec), atol=1e-3)
+
+
+def test_decoded_views_with_crop_and_flip_disabled_are_the_centre():
+  rng = np.random.default_rng(6)
+  image = rng.integers(0, 256, [30, 40, 3]).astype(np.uint8)
+  spec = A.ViewSpec(image_size=24, crop=False, flip=False)
+  views, _ = _decode_views(tf.io.encode_png(image), [1, 2], spec)
+  np.testing.assert_allclose(views, np.stack([image[3:27, 8:32]] * 2), atol=1e-3)
+
+
+def test_crop_boxes_of_the_views_are_independent_draws_of_the_op():
+  """Per-view seeds give the op's distribution, independently for the two views."""
+  spec = A.ViewSpec(image_size=32)
+  shape = tf.constant([350, 400, 3])
+
+  def boxes(seeds, view):
+    ds = tf.data.Dataset.from_tensor_slices(seeds).map(
+        lambda s: tf.stack([t[:2] for t in A.crop_box(shape, s, view, spec)]))
+    return next(iter(ds.batch(len(seeds)))).numpy()  # [N, 2 (begin, size), 2]
+
+  seeds = np.stack([np.full(2000, 123456789), np.arange(2000)], 1).astype(np.int64)
+  first, second = boxes(seeds, 0), boxes(seeds, 1)
+  area = lambda b: b[:, 1, 0] * b[:, 1, 1]  # noqa: E731
+  assert abs(stats.spearmanr(area(first), area(second))[0]) < 0.1
+  ref = _tf_op_windows(350, 400, 2000, seed=11)
+  for mine in (first, second):
+    assert stats.ks_2samp(area(mine), ref[:, 2] * ref[:, 3]).pvalue > 1e-3
+    assert stats.ks_2samp(mine[:, 0, 1], ref[:, 1]).pvalue > 1e-3
+  # A view's box depends on its example's seed only.
+  np.testing.assert_array_equal(boxes(seeds[::-1], 0), first[::-1])
 
 
 def test_view_distribution_rates():

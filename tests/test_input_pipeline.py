@@ -120,6 +120,33 @@ def test_deterministic_resume_is_exact_across_epochs(data_dir):
   assert not np.array_equal(other["image1"], full[0]["image1"])
 
 
+def _jpeg_source(n=40):
+  rng = np.random.default_rng(3)
+  images = [tf.io.encode_jpeg(rng.integers(0, 256, [40 + i % 7, 48, 3]).astype(np.uint8),
+                              quality=90).numpy() for i in range(n)]
+  return ip.ArraySource(np.array(images, dtype=object), np.arange(n) % 4, 4, name="jpegs")
+
+
+def test_jpeg_stream_is_deterministic_and_resumes_exactly():
+  """Encoded images (per-example crop ops): the same views for the same seed."""
+  c = _config(shuffle_buffer=40)
+  c.batch_size, c.data.image_size, c.augment.color_strength = 8, 24, 1.0
+  c.train_split = "train"
+  source = _jpeg_source()
+  batches = lambda start=0, n=7: _take(ip.pretrain_batches(  # noqa: E731
+      source, c, start_step=start, process_index=0, process_count=1), n)
+  full = batches()  # 40 / 8 = 5 batches per epoch: steps 4-6 straddle the epoch end
+  for a, b in zip(full[4:], batches(start=4, n=3)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  first = full[0]
+  assert first["image1"].shape == (8, 24, 24, 3)
+  assert first["image1"].min() >= 0.0 and first["image1"].max() <= 1.0
+  assert all(np.abs(first["image1"][i] - first["image2"][i]).max() > 0.05 for i in range(8))
+  c.seed = 1
+  assert not np.array_equal(batches(n=1)[0]["image1"], first["image1"])
+
+
 def test_example_seeds_are_fold_ins_of_the_epoch_seed():
   # The stream carries (key, index) pairs; stacked they must be the documented
   # fold_in(seed of (seed, shard, epoch), index), in every epoch and after a skip.
