@@ -358,8 +358,17 @@ def adjust_hue(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
 
 
 def adjust_contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """tf.image.adjust_contrast: (x - mean) factor + mean, per channel over H, W."""
-  mean = tf.reduce_mean(x, axis=[-3, -2], keepdims=True)
+  """tf.image.adjust_contrast: (x - mean) factor + mean, per channel over H, W.
+
+  x: [..., H, W, C] with static H, W, C; factor broadcasts against x.
+  """
+  *_, height, width, channels = x.shape
+  # The column sums as a product with ones: XLA CPU runs this ~2.5x faster than a
+  # reduction over H and W (a third of the contrast op inside the colour program).
+  rows = tf.reshape(x, [-1, height, width * channels])
+  sums = tf.linalg.matvec(rows, tf.ones([height], x.dtype), transpose_a=True)
+  mean = tf.reduce_sum(tf.reshape(sums, [-1, 1, width, channels]), axis=-2, keepdims=True)
+  mean = tf.reshape(mean / (height * width), tf.concat([tf.shape(x)[:-3], [1, 1, channels]], 0))
   return (x - mean) * factor + mean
 
 
@@ -506,15 +515,6 @@ def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor,
 # Decoding (per example): only the views' window of a JPEG
 # ----------------------------------------------------------------------------------
 
-def image_size_of(encoded: tf.Tensor) -> tf.Tensor:
-  """(height, width) int32 of an encoded image; JPEG headers are parsed, not decoded."""
-  return tf.cond(
-      tf.io.is_jpeg(encoded),
-      lambda: tf.image.extract_jpeg_shape(encoded)[:2],
-      lambda: tf.shape(tf.io.decode_image(encoded, channels=3,
-                                          expand_animations=False))[:2])
-
-
 _WHOLE_IMAGE = (((0.0, 0.0, 1.0, 1.0),),)  # the bounding box [1, 1, 4]
 
 
@@ -565,8 +565,11 @@ def _view(pixels: tf.Tensor, begin: tf.Tensor, size: tf.Tensor, flip: tf.Tensor 
 
 
 def decode_views(encoded: tf.Tensor, seed: tf.Tensor, u: tf.Tensor,
-                 spec: ViewSpec) -> list[tf.Tensor]:
-  """Crops, resizes and flips V views of one encoded image: V float32 [S, S, 3], 0-255.
+                 spec: ViewSpec) -> tuple[list[tf.Tensor], tf.Tensor]:
+  """Crops, resizes and flips V views of one encoded image.
+
+  Returns (views, image_size): V float32 [S, S, 3] in 0-255, and the image's
+  (height, width) int32 [2].
 
   A JPEG is decoded once, inside the union of the V crop boxes only (its header gives
   the size the boxes are drawn for); other formats are decoded whole, once. Values
@@ -585,22 +588,25 @@ def decode_views(encoded: tf.Tensor, seed: tf.Tensor, u: tf.Tensor,
   flips = tf.unstack(flip_draw(u, spec)) if spec.flip else [None] * num_views
 
   def jpeg():
-    boxes = _boxes(tf.image.extract_jpeg_shape(encoded), seed, num_views, spec)
+    shape = tf.image.extract_jpeg_shape(encoded)
+    boxes = _boxes(shape, seed, num_views, spec)
     top_left = functools.reduce(tf.minimum, [b for b, _ in boxes])
     bottom_right = functools.reduce(tf.maximum, [b + s for b, s in boxes])
     union = tf.image.decode_and_crop_jpeg(
         encoded, tf.concat([top_left[:2], (bottom_right - top_left)[:2]], 0), channels=3)
-    return [_view(union, b - top_left, s, f, size) for (b, s), f in zip(boxes, flips)]
+    views = [_view(union, b - top_left, s, f, size) for (b, s), f in zip(boxes, flips)]
+    return views, shape[:2]
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    boxes = _boxes(tf.shape(image), seed, num_views, spec)
-    return [_view(image, b, s, f, size) for (b, s), f in zip(boxes, flips)]
+    shape = tf.shape(image)
+    boxes = _boxes(shape, seed, num_views, spec)
+    return [_view(image, b, s, f, size) for (b, s), f in zip(boxes, flips)], shape[:2]
 
-  views = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  views, image_size = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   for view in views:
     view.set_shape([size, size, 3])
-  return views  # not stacked: the batch is split by view again anyway
+  return views, image_size  # views not stacked: the batch is split by view again anyway
 
 
 def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tensor:

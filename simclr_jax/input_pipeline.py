@@ -522,10 +522,10 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
   def per_example(encoded, label, seed):
     seed = example_seeds(seed)
     u = aug.view_uniforms(seed, num_views, spec)
-    views = tuple(aug.decode_views(encoded, seed, u, spec))
+    views, image_size = aug.decode_views(encoded, seed, u, spec)
     if spec.crop:
-      return views, label, u
-    return views, label, u, tf.reduce_min(aug.image_size_of(encoded)) < size
+      return tuple(views), label, u
+    return tuple(views), label, u, tf.reduce_min(image_size) < size
 
   def check(views, label, u, small):
     tf.debugging.assert_equal(

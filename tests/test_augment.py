@@ -242,11 +242,12 @@ def test_fixed_batch_equals_per_image_crop_resize_and_jitter():
 
 
 def _decode_views(encoded, seed, spec, num_views=2):
-  """decode_views on seed, and the views' flips."""
+  """decode_views on seed: the views, their flips and the image size it reports."""
   seed = tf.constant(seed, tf.int64)
   u = A.view_uniforms(seed, num_views, spec)
-  views = np.stack([v.numpy() for v in A.decode_views(encoded, seed, u, spec)])
-  return views, A.flip_draw(u, spec).numpy()
+  views, image_size = A.decode_views(encoded, seed, u, spec)
+  views = np.stack([v.numpy() for v in views])
+  return views, A.flip_draw(u, spec).numpy(), tuple(image_size.numpy())
 
 
 def _reference_views(image, seed, flips, spec):
@@ -275,7 +276,8 @@ def test_jpeg_views_decode_only_the_union_of_the_crop_boxes():
   spec = A.ViewSpec(image_size=24)
   all_flips = []
   for seed in ([7, 3], [7, 4], [-5, 0], [9, 9]):
-    views, flips = _decode_views(encoded, seed, spec)
+    views, flips, image_size = _decode_views(encoded, seed, spec)
+    assert image_size == (70, 90)
     all_flips.extend(flips)
     assert views.shape == (2, 24, 24, 3) and views.dtype == np.float32
     ref = _reference_views(decoded, seed, flips, spec)
@@ -283,7 +285,8 @@ def test_jpeg_views_decode_only_the_union_of_the_crop_boxes():
     assert np.abs(views[0] - views[1]).mean() > 5.0  # two different crops
   assert 0 < sum(all_flips) < len(all_flips)
   # Other formats: decoded whole, then cropped (exactly the image's pixels).
-  views, flips = _decode_views(tf.io.encode_png(image), [7, 3], spec)
+  views, flips, image_size = _decode_views(tf.io.encode_png(image), [7, 3], spec)
+  assert image_size == (70, 90)
   np.testing.assert_allclose(views, _reference_views(image, [7, 3], flips, spec), atol=1e-3)
 
 
@@ -291,7 +294,8 @@ def test_decoded_views_with_crop_and_flip_disabled_are_the_centre():
   rng = np.random.default_rng(6)
   image = rng.integers(0, 256, [30, 40, 3]).astype(np.uint8)
   spec = A.ViewSpec(image_size=24, crop=False, flip=False)
-  views, _ = _decode_views(tf.io.encode_png(image), [1, 2], spec)
+  views, _, image_size = _decode_views(tf.io.encode_png(image), [1, 2], spec)
+  assert image_size == (30, 40)
   np.testing.assert_allclose(views, np.stack([image[3:27, 8:32]] * 2), atol=1e-3)
 
 
