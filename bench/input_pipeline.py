@@ -18,6 +18,13 @@ for a comparison under the same machine load.
 
 --compare times both pipelines, one after the other for each case, and writes the
 reference's medians too (keys prefixed "reference_").
+
+--paired runs both pipelines in one process and alternates between them in short
+rounds (drain what each had buffered, time a chunk of batches, rest so that the idle
+one refills uncharged), comparing the CPU time per image within each round. This VM's
+speed drifts by +-20% over minutes, which swamps sequential A/B runs; a ratio taken
+within rounds does not drift with it. Keys "paired_<case>_cpu_ratio" (reference CPU
+per image / simclr_jax's), with the per-round ratios.
 """
 
 from __future__ import annotations
@@ -185,6 +192,25 @@ def measure(ds: tf.data.Dataset, batch_size: int, *, warmup_s: float, windows: i
   return statistics.median(rates), rates, statistics.median(per_cpu)
 
 
+def paired(iterators: dict, batch_size: int, *, rounds: int, drain: int, chunk: int,
+           rest_s: float) -> dict[str, list[float]]:
+  """CPU ms per image of each iterator, one value per round, rounds interleaved."""
+  for it in iterators.values():
+    for _ in range(drain):  # tracing, compilation, autotuning
+      next(it)
+  ms = {name: [] for name in iterators}
+  for _ in range(rounds):
+    for name, it in iterators.items():
+      for _ in range(drain):
+        next(it)
+      c0 = _cpu_seconds()
+      for _ in range(chunk):
+        next(it)
+      ms[name].append((_cpu_seconds() - c0) / (chunk * batch_size) * 1e3)
+      time.sleep(rest_s)
+  return ms
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default="cifar,imagenet,imagenet_blur")
@@ -193,6 +219,9 @@ def main(argv=None):
                       help="the official-style per-image pipeline instead")
   parser.add_argument("--compare", action="store_true",
                       help="both pipelines, case by case")
+  parser.add_argument("--paired", action="store_true",
+                      help="both pipelines in one process, alternating: CPU ratio")
+  parser.add_argument("--rounds", type=int, default=12, help="--paired rounds")
   parser.add_argument("--warmup", type=float, default=10.0, help="seconds")
   parser.add_argument("--windows", type=int, default=3)
   parser.add_argument("--window", type=float, default=10.0, help="seconds per window")
@@ -200,6 +229,8 @@ def main(argv=None):
   parser.add_argument("--imagenet_batch", type=int, default=64)
   args = parser.parse_args(argv)
   results = {}
+  if args.paired:
+    return _main_paired(args)
   kinds = ["simclr_jax", "reference"] if args.compare else (
       ["reference"] if args.reference else ["simclr_jax"])
   print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; pipelines: {kinds}")
@@ -220,6 +251,36 @@ def main(argv=None):
       print(f"{case:14s} {kind:10s} {median:9.1f} images/s (2 views each; windows "
             + ", ".join(f"{r:.0f}" for r in rates)
             + f"), {per_cpu:8.1f} images per CPU-second", flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _main_paired(args) -> dict:
+  results = {}
+  print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; paired rounds")
+  for case in args.cases.split(","):
+    batch = args.cifar_batch if case == "cifar" else args.imagenet_batch
+    config = case_config(case, batch)
+    source = cifar_source() if case == "cifar" else jpeg_source()
+    iterators = {
+        "simclr_jax": iter(ip.pretrain_batches(source, config, process_index=0,
+                                               process_count=1)),
+        "reference": iter(reference_batches(source, config))}
+    # Chunks of ~2 s of the faster pipeline; drains longer than any buffer it keeps.
+    chunk = 80 if case == "cifar" else 12
+    ms = paired(iterators, batch, rounds=args.rounds, drain=chunk, chunk=chunk,
+                rest_s=1.5)
+    ratios = [r / o for r, o in zip(ms["reference"], ms["simclr_jax"])]
+    results[f"paired_{case}_cpu_ratio"] = round(statistics.median(ratios), 3)
+    results[f"paired_{case}_cpu_ratios"] = [round(r, 3) for r in ratios]
+    for name, values in ms.items():
+      results[f"paired_{case}_{name}_cpu_ms_per_image"] = round(statistics.median(values), 4)
+    print(f"{case:14s} CPU ms per image: simclr_jax {statistics.median(ms['simclr_jax']):.3f}, "
+          f"reference {statistics.median(ms['reference']):.3f}; reference / simclr_jax "
+          f"median {statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})",
+          flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)
