@@ -24,7 +24,7 @@ import pytest
 
 from simclr_jax import export
 from tests import cli
-from tests.test_resume import assert_same_params, final_params
+from tests.test_resume import final_params
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,25 @@ def wait_for_checkpoint(workdir: str, step: int, procs, timeout=600):
     time.sleep(0.02)
 
 
+def assert_same_updates(a: dict, b: dict, earlier: dict, rtol: float):
+  """||a - b|| <= rtol ||a - earlier|| for every leaf: `a` and `b` agree to a small
+  fraction of how far `a` moved since `earlier`.
+
+  Measured against the update and not the parameter, since LARS moves a kernel by
+  ~1e-4 of its norm per step. gloo's all-reduce sums in another order than the
+  in-process one, and 9 steps amplify that rounding: on these 9 steps 1 process on 4
+  devices against 1 process on 2 devices (just another in-process order) gives up to
+  9e-3 of the last 3 steps' change (a BN bias whose updates largely cancel), and
+  the 2-process run the same. A broken resume or a wrong shard of the checkpoint is
+  off by whole updates.
+  """
+  flat_a, flat_b, flat_e = (ocp.tree.to_flat_dict(t) for t in (a, b, earlier))
+  assert flat_a.keys() == flat_b.keys() == flat_e.keys() and len(flat_a) > 50
+  for k in flat_a:
+    err = np.linalg.norm(flat_a[k] - flat_b[k]) / np.linalg.norm(flat_a[k] - flat_e[k])
+    assert err <= rtol, f"{k}: ||a - b|| / ||a - earlier|| = {err:.2e} > {rtol}"
+
+
 def test_two_processes_match_one_process_and_resume(tmp_path):
   single = str(tmp_path / "single")
   cli.run_main("configs/digits.py", single, *RUN, devices=4)
@@ -97,9 +116,8 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   step_single, params_single = final_params(single)
   step_multi, params_multi = final_params(multi)
   assert step_single == step_multi == STEPS
-  # gloo's all-reduce sums in another order than the in-process one; over 9 LARS steps
-  # that leaves ~3e-6 on parameters of norm ~0.01 (the zero-initialised BN scales).
-  assert_same_params(params_single, params_multi, rtol=1e-4, atol=2e-5)
+  _, params_earlier = final_params(single, STEPS - 3)
+  assert_same_updates(params_single, params_multi, params_earlier, rtol=5e-2)
 
   # Train on many hosts, export on one: a single process on one device reads the
   # 2-process checkpoint and exports exactly its encoder and head weights.

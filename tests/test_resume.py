@@ -22,11 +22,13 @@ RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps
        "--config.keep_checkpoints=10")
 
 
-def final_params(workdir: str) -> tuple[int, dict]:
-  """(latest step, params) of a run's checkpoints, as host arrays (any device layout)."""
+def final_params(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """(step, params) of a run's checkpoint at `step` (default the latest), as host
+  arrays (any device layout)."""
   directory = os.path.join(workdir, "checkpoints")
-  with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
-    step = manager.latest_step()
+  if step is None:
+    with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
+      step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"no complete checkpoint in {directory}")
   path = os.path.join(directory, str(step), "state")
