@@ -31,7 +31,8 @@ import tensorflow as tf
 
 from simclr_jax import philox
 
-# The per-view vector of uniforms: 4 x max_attempts for the crop sampler, then these.
+# The per-view vector of uniforms: these, then 4 x max_attempts for the crop sampler of
+# fixed-size images (encoded ones are cropped by TensorFlow's op, with its own seed).
 _FLIP, _COLOR, _PERM, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = (
     0, 1, 2, 6, 7, 8, 9, 10, 11, 12)
 _NUM_EXTRA = 13
@@ -71,7 +72,7 @@ class ViewSpec:
 
   @property
   def num_uniforms(self) -> int:
-    return 4 * self.max_attempts + _NUM_EXTRA
+    return _NUM_EXTRA + 4 * self.max_attempts
 
   @property
   def colors(self) -> bool:
@@ -114,16 +115,19 @@ def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
 # Random numbers
 # ----------------------------------------------------------------------------------
 
-def view_uniforms(seed: tf.Tensor, num_views: int, spec: ViewSpec) -> tf.Tensor:
+def view_uniforms(seed: tf.Tensor, num_views: int, spec: ViewSpec, *,
+                  crop_attempts: bool = True) -> tf.Tensor:
   """All random numbers of `num_views` views of an example: [num_views, K] in [0, 1).
 
   `seed` is a stateless-RNG seed, shape [2] integer; or a batch of them, [B, 2], for
   [B, num_views, K]: the same numbers, made by one XLA program for the whole batch.
+  K = spec.num_uniforms, or without the crop sampler's (`crop_attempts=False`, for
+  encoded images, whose crop op draws its own): K = the colour/flip/blur ones only.
   """
-  shape = [num_views, spec.num_uniforms]
+  shape = [num_views, spec.num_uniforms if crop_attempts else _NUM_EXTRA]
   if seed.shape.rank == 1:
     return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
-  return tf.reshape(_batch_uniforms_xla(seed, num_views * spec.num_uniforms), [-1] + shape)
+  return tf.reshape(_batch_uniforms_xla(seed, num_views * shape[1]), [-1] + shape)
 
 
 @tf.function(jit_compile=True, reduce_retracing=False)
@@ -131,8 +135,8 @@ def _batch_uniforms_xla(seeds, num):
   return philox.stateless_uniform(seeds, num)
 
 
-def _extra(u: tf.Tensor, spec: ViewSpec, index: int) -> tf.Tensor:
-  return u[..., 4 * spec.max_attempts + index]
+def _extra(u: tf.Tensor, index: int) -> tf.Tensor:
+  return u[..., index]
 
 
 def color_params(u: tf.Tensor, spec: ViewSpec) -> dict[str, tf.Tensor]:
@@ -140,19 +144,19 @@ def color_params(u: tf.Tensor, spec: ViewSpec) -> dict[str, tf.Tensor]:
   s = spec.color_strength
 
   def between(index, lo, hi):
-    return lo + _extra(u, spec, index) * (hi - lo)
+    return lo + _extra(u, index) * (hi - lo)
 
-  keys = u[..., 4 * spec.max_attempts + _PERM:4 * spec.max_attempts + _PERM + 4]
+  keys = u[..., _PERM:_PERM + 4]
   return {
-      "color": _extra(u, spec, _COLOR) < spec.color_jitter_prob,
+      "color": _extra(u, _COLOR) < spec.color_jitter_prob,
       # A uniformly random order of (brightness, contrast, saturation, hue).
       "order": tf.argsort(keys, axis=-1, stable=True),
       "brightness": between(_BRIGHT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
       "contrast": between(_CONTRAST, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
       "saturation": between(_SAT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
       "hue": between(_HUE, -0.2 * s, 0.2 * s),
-      "gray": _extra(u, spec, _GRAY) < spec.grayscale_prob,
-      "blur": _extra(u, spec, _BLUR) < spec.blur_prob,
+      "gray": _extra(u, _GRAY) < spec.grayscale_prob,
+      "blur": _extra(u, _BLUR) < spec.blur_prob,
       "sigma": between(_SIGMA, *spec.blur_sigma_range),
   }
 
@@ -160,8 +164,8 @@ def color_params(u: tf.Tensor, spec: ViewSpec) -> dict[str, tf.Tensor]:
 def flip_draw(u: tf.Tensor, spec: ViewSpec) -> tf.Tensor:
   """Whether each view is mirrored left-right: bool [...]."""
   if not spec.flip:
-    return tf.zeros_like(_extra(u, spec, _FLIP), dtype=tf.bool)
-  return _extra(u, spec, _FLIP) < 0.5
+    return tf.zeros_like(_extra(u, _FLIP), dtype=tf.bool)
+  return _extra(u, _FLIP) < 0.5
 
 
 # ----------------------------------------------------------------------------------
@@ -186,6 +190,7 @@ def sample_crop_window(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
     int32 [..., 4]: (offset_y, offset_x, crop_height, crop_width).
   """
   n = spec.max_attempts
+  u = u[..., _NUM_EXTRA:_NUM_EXTRA + 4 * n]
   img_h = tf.cast(height, tf.float32)[..., None] + tf.zeros_like(u[..., :1])
   img_w = tf.cast(width, tf.float32)[..., None] + tf.zeros_like(u[..., :1])
   # The official code scales the range by the output's aspect ratio (1: square views).

@@ -521,7 +521,7 @@ def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSp
 
   def per_example(encoded, label, seed):
     seed = example_seeds(seed)
-    u = aug.view_uniforms(seed, num_views, spec)
+    u = aug.view_uniforms(seed, num_views, spec, crop_attempts=False)
     views, image_size = aug.decode_views(encoded, seed, u, spec)
     if spec.crop:
       return tuple(views), label, u

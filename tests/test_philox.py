@@ -25,10 +25,13 @@ def test_int32_seeds_give_the_int64_seeds_numbers():
   np.testing.assert_array_equal(philox.stateless_uniform(seeds, 10).numpy(), expected)
 
 
-def test_batched_view_uniforms_equal_per_example_ones():
+@pytest.mark.parametrize("crop_attempts", [True, False])
+def test_batched_view_uniforms_equal_per_example_ones(crop_attempts):
   spec = A.ViewSpec(image_size=32)
-  batched = A.view_uniforms(_SEEDS, 2, spec).numpy()
-  assert batched.shape == (5, 2, spec.num_uniforms)
+  batched = A.view_uniforms(_SEEDS, 2, spec, crop_attempts=crop_attempts).numpy()
+  k = spec.num_uniforms if crop_attempts else spec.num_uniforms - 4 * spec.max_attempts
+  assert batched.shape == (5, 2, k)
   for b, seed in enumerate(_SEEDS):
-    np.testing.assert_array_equal(batched[b], A.view_uniforms(seed, 2, spec).numpy())
+    np.testing.assert_array_equal(
+        batched[b], A.view_uniforms(seed, 2, spec, crop_attempts=crop_attempts).numpy())
   assert 0.0 <= batched.min() and batched.max() < 1.0
