@@ -29,9 +29,14 @@ from tests.test_resume import final_params
 pytestmark = pytest.mark.slow
 
 STEPS = 9
+# base_lr 0.1, not the config's 1.0: there, this tiny network's trajectory is so
+# sensitive that a change of reduction order alone (these 2 processes against 1; or 1
+# process on 4 devices against 2 with BatchNorm's variance taken in two passes) moves
+# the loss by 2e-3 by step 8 and the last 3 steps' update by ~30% (measured); at 0.1
+# the two layouts agree to 1e-7 in every step's loss.
 RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
        "--config.checkpoint_every_steps=3", "--config.eval_every_steps=1000",
-       "--config.data.process_sharding=batch")
+       "--config.data.process_sharding=batch", "--config.optim.base_lr=0.1")
 
 
 def free_port() -> int:
@@ -77,11 +82,8 @@ def assert_same_updates(a: dict, b: dict, earlier: dict, rtol: float):
 
   Measured against the update and not the parameter, since LARS moves a kernel by
   ~1e-4 of its norm per step. gloo's all-reduce sums in another order than the
-  in-process one, and 9 steps amplify that rounding: on these 9 steps 1 process on 4
-  devices against 1 process on 2 devices (just another in-process order) gives up to
-  9e-3 of the last 3 steps' change (a BN bias whose updates largely cancel), and
-  the 2-process run the same. A broken resume or a wrong shard of the checkpoint is
-  off by whole updates.
+  in-process one: here the worst leaf is off by 6e-4 of its last 3 steps' change (a
+  BN scale). A broken resume or a wrong shard of the checkpoint is off by whole updates.
   """
   flat_a, flat_b, flat_e = (ocp.tree.to_flat_dict(t) for t in (a, b, earlier))
   assert flat_a.keys() == flat_b.keys() == flat_e.keys() and len(flat_a) > 50
@@ -117,7 +119,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   step_multi, params_multi = final_params(multi)
   assert step_single == step_multi == STEPS
   _, params_earlier = final_params(single, STEPS - 3)
-  assert_same_updates(params_single, params_multi, params_earlier, rtol=5e-2)
+  assert_same_updates(params_single, params_multi, params_earlier, rtol=1e-2)
 
   # Train on many hosts, export on one: a single process on one device reads the
   # 2-process checkpoint and exports exactly its encoder and head weights.
