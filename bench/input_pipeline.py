@@ -211,6 +211,18 @@ def paired(iterators: dict, batch_size: int, *, rounds: int, drain: int, chunk: 
   return ms
 
 
+def _case(case: str, args) -> tuple:
+  """(batch size, config, source) of a benchmark case."""
+  batch = args.cifar_batch if case == "cifar" else args.imagenet_batch
+  return batch, case_config(case, batch), cifar_source() if case == "cifar" else jpeg_source()
+
+
+def _write_json(path: str | None, results: dict) -> None:
+  if path:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default="cifar,imagenet,imagenet_blur")
@@ -235,9 +247,7 @@ def main(argv=None):
       ["reference"] if args.reference else ["simclr_jax"])
   print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; pipelines: {kinds}")
   for case in args.cases.split(","):
-    batch = args.cifar_batch if case == "cifar" else args.imagenet_batch
-    config = case_config(case, batch)
-    source = cifar_source() if case == "cifar" else jpeg_source()
+    batch, config, source = _case(case, args)
     for kind in kinds:
       if kind == "reference":
         ds = reference_batches(source, config)
@@ -251,9 +261,7 @@ def main(argv=None):
       print(f"{case:14s} {kind:10s} {median:9.1f} images/s (2 views each; windows "
             + ", ".join(f"{r:.0f}" for r in rates)
             + f"), {per_cpu:8.1f} images per CPU-second", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+  _write_json(args.json, results)
   return results
 
 
@@ -261,9 +269,7 @@ def _main_paired(args) -> dict:
   results = {}
   print(f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; paired rounds")
   for case in args.cases.split(","):
-    batch = args.cifar_batch if case == "cifar" else args.imagenet_batch
-    config = case_config(case, batch)
-    source = cifar_source() if case == "cifar" else jpeg_source()
+    batch, config, source = _case(case, args)
     iterators = {
         "simclr_jax": iter(ip.pretrain_batches(source, config, process_index=0,
                                                process_count=1)),
@@ -281,9 +287,7 @@ def _main_paired(args) -> dict:
           f"reference {statistics.median(ms['reference']):.3f}; reference / simclr_jax "
           f"median {statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})",
           flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+  _write_json(args.json, results)
   return results
 
 
