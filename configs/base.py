@@ -119,7 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
   # SimCLR v2: 0 = classifier on h; j >= 1 = on the output of projection-head layer j,
   # those j pretrained layers fine-tuned too (official ft_proj_selector; v2 uses 1).
   c.finetune.from_projection_layer = 0
-  c.finetune.zero_init_head = False  # official head init: N(0, 0.01^2)
+  c.finetune.zero_init_head = False  # official zero_init_logits_layer; False: N(0, 0.01^2)
+  # Official fine_tune_after_block: -1 = every layer trains; k in 0..4 = the stem and
+  # block groups 1..k stay frozen (inference-mode BN, no update).
+  c.finetune.fine_tune_after_block = -1
   c.finetune.optim = _supervised_optim(base_lr=0.05, weight_decay=0.0)
 
   c.knn = ml_collections.ConfigDict()

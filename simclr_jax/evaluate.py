@@ -40,11 +40,12 @@ from simclr_jax import input_pipeline
 from simclr_jax import knn as knn_lib
 from simclr_jax import metric_log
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax import steps as steps_lib
+from simclr_jax import supervised_optim
 from simclr_jax import train_step as ts
 from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.heads import dense_kernel_init
-from simclr_jax.models.resnet import ResNet
+from simclr_jax.models.resnet import FREEZE_THROUGH, ResNet
 from simclr_jax.models.simclr import parse_dtype
 from simclr_jax.train_step import AXIS
 
@@ -54,6 +55,7 @@ ConfigDict = ml_collections.ConfigDict
 # Metric-name prefix of the linear-evaluation fast path (no augmentation, features
 # extracted once): never to be confused with the protocol's numbers.
 CACHED_PREFIX = "linear_eval_cached_"
+FINE_TUNE_AFTER_BLOCK = FREEZE_THROUGH
 
 
 # ----------------------------------------------------------------------------------
@@ -176,6 +178,10 @@ def validate_finetune(config: ConfigDict, head_layers: int) -> None:
     _fail("finetune.from_projection_layer", layer,
           f"expected an integer in [0, {head_layers}] (the pretrained projection head has "
           f"{head_layers} layers; 0 = h)")
+  if ft.fine_tune_after_block not in FINE_TUNE_AFTER_BLOCK:
+    _fail("finetune.fine_tune_after_block", ft.fine_tune_after_block,
+          f"expected one of {list(FINE_TUNE_AFTER_BLOCK)} (-1 = every layer, k = the stem "
+          "and block groups 1..k frozen)")
 
 
 def validate_knn(config: ConfigDict) -> None:
@@ -218,20 +224,13 @@ def with_batch_size(config: ConfigDict, batch_size: int) -> ConfigDict:
 
 
 def plan_steps(group: ConfigDict, num_examples: int, name: str) -> tuple[int, int]:
-  """(steps_per_epoch, total_steps) of a supervised stage over `num_examples` examples."""
-  steps_per_epoch = num_examples // group.batch_size
-  if steps_per_epoch < 1:
+  """(steps_per_epoch, total_steps) of a supervised stage over `num_examples` examples,
+  as steps.plan counts them."""
+  if num_examples < group.batch_size:
     _fail(f"{name}.batch_size", group.batch_size,
           f"expected at most the {num_examples} training examples available")
-  if group.num_train_steps > 0:
-    return steps_per_epoch, int(group.num_train_steps)
-  return steps_per_epoch, max(1, int(round(group.num_epochs * steps_per_epoch)))
-
-
-def kernels_only(params) -> Any:
-  """Weight-decay mask: every dense/conv kernel (the classifier's included)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+  return steps_lib.plan(num_examples, group.batch_size, group.num_epochs,
+                        group.num_train_steps)
 
 
 # ----------------------------------------------------------------------------------
@@ -431,10 +430,9 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
     return _linear_eval_cached(setup)
   le, mesh, pre = config.linear_eval, setup.mesh, setup.pretrained
   steps_per_epoch, total_steps = plan_steps(le, setup.info.num_train_examples, "linear_eval")
-  tx, schedule = optim.create_optimizer(le.optim, batch_size=le.batch_size,
-                                        steps_per_epoch=steps_per_epoch,
-                                        total_steps=total_steps,
-                                        weight_decay_mask=kernels_only)
+  tx, schedule = supervised_optim.create_optimizer(
+      le.optim, batch_size=le.batch_size, num_examples=setup.info.num_train_examples,
+      total_steps=total_steps, whole_tree_is_classifier=True)
   model = models.create_model(pre.model_config)
   featurize = encoder_featurize(model)
   classifier = linear_classifier(setup.info.num_classes)
@@ -505,10 +503,9 @@ def _linear_eval_cached(setup: Setup) -> dict[str, float]:
   logging.info("Cached %d train / %d eval features in %.1f s", len(train_x), len(test_x),
                time.time() - t0)
   steps_per_epoch, total_steps = plan_steps(le, len(train_x), "linear_eval")
-  tx, schedule = optim.create_optimizer(le.optim, batch_size=le.batch_size,
-                                        steps_per_epoch=steps_per_epoch,
-                                        total_steps=total_steps,
-                                        weight_decay_mask=kernels_only)
+  tx, schedule = supervised_optim.create_optimizer(
+      le.optim, batch_size=le.batch_size, num_examples=len(train_x),
+      total_steps=total_steps, whole_tree_is_classifier=True)
   classifier = linear_classifier(setup.info.num_classes)
   state = ts.replicate(init_classifier_state(classifier, train_x.shape[1], tx), mesh)
   step_fn = shard_supervised_step(make_linear_step(lambda _, x: x, classifier, tx, schedule),
@@ -559,6 +556,7 @@ class FinetuneNet(nn.Module):
   head_layers: int = 0
   zero_init_head: bool = False
   axis_name: str | None = None
+  fine_tune_after_block: int = -1  # ResNet.freeze_through
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -568,7 +566,8 @@ class FinetuneNet(nn.Module):
     bn = dict(bn_momentum=mc["bn_momentum"], bn_epsilon=mc["bn_epsilon"],
               axis_name=self.axis_name)
     y = ResNet(depth=mc["depth"], width_multiplier=mc["width_multiplier"],
-               cifar_stem=mc["cifar_stem"], dtype=dtype, name="encoder", **bn)(x, train)
+               cifar_stem=mc["cifar_stem"], dtype=dtype,
+               freeze_through=self.fine_tune_after_block, name="encoder", **bn)(x, train)
     if self.head_layers > 0:
       y = ProjectionHead(mode=mc["head_mode"], num_layers=mc["head_num_layers"],
                          out_dim=mc["proj_dim"], dtype=dtype, layers=self.head_layers,
@@ -653,14 +652,13 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
   num_labels = input_pipeline.label_fraction_size(config, data_dir=setup.data_dir,
                                                   label_fraction=ft.label_fraction)
   steps_per_epoch, total_steps = plan_steps(ft, num_labels, "finetune")
-  tx, schedule = optim.create_optimizer(ft.optim, batch_size=ft.batch_size,
-                                        steps_per_epoch=steps_per_epoch,
-                                        total_steps=total_steps,
-                                        weight_decay_mask=kernels_only)
+  tx, schedule = supervised_optim.create_optimizer(
+      ft.optim, batch_size=ft.batch_size, num_examples=num_labels, total_steps=total_steps,
+      fine_tune_after_block=ft.fine_tune_after_block)
   net = FinetuneNet(model_config=pre.model_config.to_dict(),
                     num_classes=setup.info.num_classes,
                     head_layers=ft.from_projection_layer, zero_init_head=ft.zero_init_head,
-                    axis_name=AXIS)
+                    axis_name=AXIS, fine_tune_after_block=ft.fine_tune_after_block)
   variables = finetune_variables(net, pre.variables, config.data.image_size, config.seed)
   state = SupervisedState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                           batch_stats=variables["batch_stats"],

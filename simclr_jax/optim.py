@@ -13,6 +13,8 @@ import jax
 import ml_collections
 import optax
 
+from simclr_jax import steps as steps_lib
+
 OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine", "constant")
@@ -56,10 +58,11 @@ def scaled_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float
   return float(base_lr)
 
 
-def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
-  """Warm-up length in steps: round(warmup_epochs x steps_per_epoch), <= total_steps."""
+def warmup_steps(warmup_epochs: float, num_examples: int, batch_size: int,
+                 total_steps: int) -> int:
+  """Warm-up length in steps: the official round(W x N // B), at most total_steps."""
   _check_non_negative("warmup_epochs", warmup_epochs)
-  steps = int(round(warmup_epochs * steps_per_epoch))
+  steps = steps_lib.warmup_steps(warmup_epochs, num_examples, batch_size)
   if steps > total_steps:
     # Short (debug) runs: the whole run is warm-up rather than an error.
     logging.warning("Warm-up of %d steps is longer than the run (%d steps); truncated.",
@@ -69,7 +72,7 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, *, batch_size: int,
-                           steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+                           num_examples: int, total_steps: int) -> optax.Schedule:
   """Step -> learning rate, as the official code's schedule.
 
   Linear warm-up from 0 (lr(s) = peak x s / W for s < W, W = warmup steps), then
@@ -79,14 +82,14 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, *, batch_siz
   Args:
     optim_config: config.optim (base_lr, lr_scaling, warmup_epochs, schedule).
     batch_size: global batch size.
-    steps_per_epoch: optimiser steps per epoch, >= 1.
+    num_examples: examples in an epoch (N), >= 1; warm-up lasts round(W x N // B) steps.
     total_steps: length of the run in steps, >= 1.
   """
-  _check_positive_int("steps_per_epoch", steps_per_epoch)
+  _check_positive_int("num_examples", num_examples)
   _check_positive_int("total_steps", total_steps)
   _check_choice("schedule", optim_config.schedule, SCHEDULES)
   peak = scaled_learning_rate(optim_config.base_lr, batch_size, optim_config.lr_scaling)
-  warmup = warmup_steps(optim_config.warmup_epochs, steps_per_epoch, total_steps)
+  warmup = warmup_steps(optim_config.warmup_epochs, num_examples, batch_size, total_steps)
   if optim_config.schedule == "constant":
     after = optax.constant_schedule(peak)
   elif total_steps > warmup:
@@ -128,7 +131,7 @@ def create_optimizer(
     optim_config: ml_collections.ConfigDict,
     *,
     batch_size: int,
-    steps_per_epoch: int,
+    num_examples: int,
     total_steps: int,
     weight_decay_mask: Callable[[Params], Params] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -146,7 +149,7 @@ def create_optimizer(
   Args:
     optim_config: config.optim (name, base_lr, lr_scaling, warmup_epochs, schedule,
       weight_decay, momentum, nesterov, trust_coefficient).
-    batch_size, steps_per_epoch, total_steps: see learning_rate_schedule.
+    batch_size, num_examples, total_steps: see learning_rate_schedule.
     weight_decay_mask: replaces `decay_mask`, e.g. to decay a classifier that is the
       only trained module (linear evaluation).
 
@@ -160,7 +163,7 @@ def create_optimizer(
   if not 0 <= momentum < 1:
     raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
   schedule = learning_rate_schedule(optim_config, batch_size=batch_size,
-                                    steps_per_epoch=steps_per_epoch,
+                                    num_examples=num_examples,
                                     total_steps=total_steps)
   mask = decay_mask if weight_decay_mask is None else weight_decay_mask
   weight_decay = optim_config.weight_decay

@@ -23,6 +23,7 @@ from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import probe
+from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
 from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
 
@@ -47,14 +48,12 @@ class Run:
 
 
 def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
-  """(steps_per_epoch, total_steps); num_train_steps wins when > 0."""
-  steps_per_epoch = num_train_examples // config.batch_size
-  if steps_per_epoch < 1:
+  """(steps_per_epoch, total_steps) as steps.plan counts them."""
+  if num_train_examples < config.batch_size:
     raise ValueError(f"config.batch_size = {config.batch_size} exceeds the "
                      f"{num_train_examples} examples of split {config.train_split!r}")
-  if config.num_train_steps > 0:
-    return steps_per_epoch, int(config.num_train_steps)
-  return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
+  return steps_lib.plan(num_train_examples, config.batch_size, config.num_epochs,
+                        config.num_train_steps)
 
 
 def build_run(config, workdir: str) -> Run:
@@ -64,7 +63,7 @@ def build_run(config, workdir: str) -> Run:
   model = models.create_model(
       config.model, num_classes=info.num_classes if config.model.online_probe else 0,
       axis_name=AXIS if config.model.global_bn else None)
-  tx, schedule = ts.create_optimizer(config, steps_per_epoch, total_steps)
+  tx, schedule = ts.create_optimizer(config, info.num_train_examples, total_steps)
   return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
              steps_per_epoch, total_steps)
 

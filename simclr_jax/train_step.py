@@ -173,8 +173,9 @@ def shard_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> Batch:
                       local_batch)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+def create_optimizer(config: ml_collections.ConfigDict, num_examples: int,
                      total_steps: int):
-  """The pretraining optimiser and its learning-rate schedule."""
+  """The pretraining optimiser and its learning-rate schedule (num_examples: N of an
+  epoch, for the warm-up length)."""
   return optim.create_optimizer(config.optim, batch_size=config.batch_size,
-                                steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+                                num_examples=num_examples, total_steps=total_steps)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from simclr_jax.models import fusion_barrier
@@ -38,6 +39,14 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 _BOTTLENECK_EXPANSION = 4
 
 conv_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+FREEZE_THROUGH = (-1, 0, 1, 2, 3, 4)  # ResNet.freeze_through: none, stem, stem + groups
+
+
+def is_frozen(param_name: str, freeze_through: int) -> bool:
+  """Whether the ResNet submodule `param_name` (e.g. "stem_bn", "block2_0") is frozen."""
+  if param_name.startswith("stem_"):
+    return freeze_through >= 0
+  return int(param_name[len("block"):].split("_")[0]) <= freeze_through
 
 
 def check_depth(depth: int) -> None:
@@ -195,6 +204,10 @@ class ResNet(nn.Module):
     bn_epsilon: BN variance epsilon.
     axis_name: mapped axis over which BN averages batch statistics in training
       (global BN under shard_map/pmap); None = per-call statistics.
+    freeze_through: -1 = every layer trains; k in 0..4 = the stem (0) and block
+      groups 1..k are frozen: even with train=True they run in inference mode (BN
+      running averages, left unchanged) and pass no gradient back (the official
+      fine_tune_after_block). `is_frozen` names their parameters.
   """
   depth: int
   width_multiplier: float = 1.0
@@ -203,11 +216,15 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  freeze_through: int = -1
 
   def __post_init__(self):
     check_depth(self.depth)
     check_width_multiplier(self.width_multiplier)
     check_bn_args(self.bn_momentum, self.bn_epsilon)
+    if self.freeze_through not in FREEZE_THROUGH:
+      raise ValueError(f"freeze_through must be one of {FREEZE_THROUGH}, got "
+                       f"{self.freeze_through!r}.")
     super().__post_init__()
 
   @nn.compact
@@ -236,32 +253,38 @@ class ResNet(nn.Module):
     kind, stage_blocks = _ARCHS[self.depth]
     block_cls = BasicBlock if kind == "basic" else BottleneckBlock
     width = lambda c: scaled_width(c, self.width_multiplier)
-    bn = lambda y, name: nn.BatchNorm(
+    bn = lambda y, name, train: nn.BatchNorm(
         use_running_average=not train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
         axis_name=self.axis_name, name=name)(y)
+    # Group 0 is the stem, 1-4 the block groups; frozen ones run in inference mode.
+    trains = lambda group: train and group > self.freeze_through
 
     intermediates = {}
     if self.cifar_stem:
       y = conv(x, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
-      y = relu(bn(y, "stem_bn"), train, self.axis_name)
+      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
     else:
       y = conv(x, width(_STEM_WIDTH), 7, 2, self.dtype, "stem_conv")
-      y = relu(bn(y, "stem_bn"), train, self.axis_name)
+      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
       # The official code max-pools with TF 'SAME' padding (not the fixed padding).
       y = nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
     intermediates["stem"] = y
 
     for stage, (num_blocks, stage_width, stage_stride) in enumerate(
         zip(stage_blocks, _STAGE_WIDTHS, _STAGE_STRIDES), start=1):
+      if stage - 1 == self.freeze_through:
+        y = jax.lax.stop_gradient(y)
       for i in range(num_blocks):
         y = block_cls(
             features=width(stage_width), strides=stage_stride if i == 0 else 1,
             use_projection=i == 0, dtype=self.dtype, bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon, axis_name=self.axis_name,
-            name=f"block{stage}_{i}")(y, train)
+            name=f"block{stage}_{i}")(y, trains(stage))
       intermediates[f"block{stage}"] = y
 
+    if self.freeze_through == len(stage_blocks):
+      y = jax.lax.stop_gradient(y)
     h = jnp.mean(y.astype(jnp.float32), axis=(1, 2))
     if return_intermediates:
       return h, intermediates
