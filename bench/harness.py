@@ -44,7 +44,8 @@ def build_step(config, devices, num_classes: int = 1000):
   mesh = ts.make_mesh(devices)
   model = models.create_model(config.model, num_classes=num_classes if config.model.online_probe
                               else 0, axis_name=ts.AXIS)
-  tx, schedule = ts.create_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
+  tx, schedule = ts.create_optimizer(config, num_examples=1000 * config.batch_size,
+                                     total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)
   state = ts.replicate(state, mesh)
   grad_fn = (grad_cache.make_chunked_grad_fn(model, config) if config.loss.chunks > 1

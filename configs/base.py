@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.flip = True
   c.augment.color_jitter_prob = 0.8
   c.augment.color_strength = 0.5  # s; 1.0 ImageNet, 0.5 CIFAR-10 (official)
+  # Brightness: "simclrv2" (official default) multiplies by a factor in
+  # [max(0, 1 - 0.8 s), 1 + 0.8 s]; "simclrv1" (v1 paper) adds a delta in [-0.8 s, 0.8 s].
+  c.augment.jitter_impl = "simclrv2"
+  c.augment.color_random_order = True  # False: brightness, contrast, saturation, hue
   c.augment.grayscale_prob = 0.2
   c.augment.blur = False  # ImageNet only
   c.augment.blur_prob = 0.5
@@ -58,14 +62,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.bn_epsilon = 1e-5
   c.model.global_bn = True  # BN statistics over all devices (paper Sec. 2)
   c.model.head_mode = "nonlinear"  # none | linear | nonlinear
-  c.model.head_num_layers = 2  # 2 = SimCLR v1, 3 = SimCLR v2
+  c.model.head_num_layers = 2  # 2 = SimCLR v1 paper; 3 = SimCLR v2 and the official default
   c.model.proj_dim = 128
   c.model.online_probe = True  # linear classifier on stop_gradient(h)
 
   # --- loss -------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.5
-  c.loss.official_scaling = False  # True: official code's 2x L
+  # True: the official objective, mean over N of (loss_a + loss_b) = 2 x the paper's L,
+  # with which every published LR, weight decay and temperature was tuned (under LARS
+  # not a mere rescaling). False: the paper's L (Eq. 1, mean over the 2N anchors).
+  c.loss.official_scaling = True
+  c.loss.hidden_norm = True  # official hidden_norm: L2-normalise z before the logits
   c.loss.chunks = 1  # >1: gradient-cache NT-Xent over chunks of the global batch
 
   # --- optimiser --------------------------------------------------------------------

@@ -3,9 +3,8 @@
 tfds `imagenet2012_subset/1pct` (12,811 labelled images, the paper's split), every
 layer trained from the pretrained encoder with a fresh linear head: Nesterov momentum
 0.9, B = 4096, LR 0.05 x B/256 = 0.8, no warm-up, no weight decay, 60 epochs, random
-crop + flip, global BN. Paper: ResNet-50 75.5% top-5 on the validation split. SimCLR v2
-fine-tunes from the first projection-head layer: --config.finetune.from_projection_layer=1
-(with a 3-layer head).
+crop + flip, global BN. Paper: ResNet-50 75.5% top-5 on the validation split. The SimCLR
+v2 recipe (LARS, from the first projection-head layer): configs/imagenet_v2_finetune_1pct.py.
 """
 
 from configs import imagenet

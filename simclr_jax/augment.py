@@ -38,6 +38,10 @@ _FLIP, _COLOR, _PERM, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = (
 _NUM_EXTRA = 13
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's
 EVAL_CROP_PROPORTION = 0.875  # centre crop of the official code
+# Brightness of the official colour jitter (data_util.random_brightness(impl=...)):
+# "simclrv1" adds a delta uniform in [-0.8 s, 0.8 s] (tf.image.random_brightness, the v1
+# paper's appendix); "simclrv2" multiplies by a factor in [max(0, 1 - 0.8 s), 1 + 0.8 s].
+JITTER_IMPLS = ("simclrv1", "simclrv2")
 
 
 def hide_accelerators() -> None:
@@ -64,11 +68,17 @@ class ViewSpec:
   flip: bool = True
   color_jitter_prob: float = 0.8
   color_strength: float = 1.0
+  jitter_impl: str = "simclrv2"  # one of JITTER_IMPLS
+  color_random_order: bool = True  # False: brightness, contrast, saturation, hue
   grayscale_prob: float = 0.2
   blur: bool = False  # blur here, in tf.data (config.augment.blur_on == "data")
   blur_prob: float = 0.5
   blur_sigma_range: tuple[float, float] = (0.1, 2.0)
   blur_kernel_fraction: float = 0.1
+
+  def __post_init__(self):
+    if self.jitter_impl not in JITTER_IMPLS:
+      raise ValueError(f"jitter_impl must be one of {JITTER_IMPLS}, got {self.jitter_impl!r}")
 
   @property
   def num_uniforms(self) -> int:
@@ -86,7 +96,8 @@ class ViewSpec:
                area_range=tuple(float(v) for v in a.area_range),
                aspect_ratio_range=tuple(float(v) for v in a.aspect_ratio_range),
                flip=bool(a.flip), color_jitter_prob=float(a.color_jitter_prob),
-               color_strength=float(a.color_strength),
+               color_strength=float(a.color_strength), jitter_impl=str(a.jitter_impl),
+               color_random_order=bool(a.color_random_order),
                grayscale_prob=float(a.grayscale_prob),
                blur=bool(a.blur) and a.blur_on == "data", blur_prob=float(a.blur_prob),
                blur_sigma_range=tuple(float(v) for v in a.blur_sigma_range),
@@ -147,11 +158,16 @@ def color_params(u: tf.Tensor, spec: ViewSpec) -> dict[str, tf.Tensor]:
     return lo + _extra(u, index) * (hi - lo)
 
   keys = u[..., _PERM:_PERM + 4]
+  if not spec.color_random_order:
+    keys = tf.broadcast_to(tf.range(4, dtype=keys.dtype), tf.shape(keys))
   return {
       "color": _extra(u, _COLOR) < spec.color_jitter_prob,
-      # A uniformly random order of (brightness, contrast, saturation, hue).
+      # A uniformly random order of (brightness, contrast, saturation, hue), or that
+      # order itself.
       "order": tf.argsort(keys, axis=-1, stable=True),
-      "brightness": between(_BRIGHT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
+      # An additive delta (simclrv1) or a factor (simclrv2).
+      "brightness": (between(_BRIGHT, -0.8 * s, 0.8 * s) if spec.jitter_impl == "simclrv1"
+                     else between(_BRIGHT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s)),
       "contrast": between(_CONTRAST, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
       "saturation": between(_SAT, max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s),
       "hue": between(_HUE, -0.2 * s, 0.2 * s),
@@ -386,13 +402,15 @@ def to_grayscale(x: tf.Tensor) -> tf.Tensor:
 _NO_JITTER = 4  # the order index of a slot that leaves the view as it is
 
 
-def _jitter(x, order, brightness, contrast, saturation, hue):
+def _jitter(x, order, brightness, contrast, saturation, hue, additive_brightness):
   """The 4 jitter slots; order [4] int: the op of each slot, or _NO_JITTER."""
   # A loop over the slots, not unrolled (XLA takes ~10x longer to compile that), and
   # no tf.cond around it for a view drawn without colour: its slots take the no-op
   # branch instead, since XLA CPU copies a view into and out of every conditional.
+  bright = (lambda x: x + brightness) if additive_brightness else (lambda x: x * brightness)
+
   def body(k, x):
-    branches = [lambda: tf.clip_by_value(x * brightness, 0.0, 1.0),
+    branches = [lambda: tf.clip_by_value(bright(x), 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_contrast(x, contrast), 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_saturation(x, saturation), 0.0, 1.0),
                 lambda: tf.clip_by_value(adjust_hue(x, hue), 0.0, 1.0),
@@ -412,7 +430,8 @@ def _finish_views(views: tf.Tensor, params: dict[str, tf.Tensor], spec: ViewSpec
     if spec.colors:
       order = tf.where(params["color"][i], params["order"][i], _NO_JITTER)
       x = _jitter(x, order, params["brightness"][i], params["contrast"][i],
-                  params["saturation"][i], params["hue"][i])
+                  params["saturation"][i], params["hue"][i],
+                  additive_brightness=spec.jitter_impl == "simclrv1")
     if spec.grayscale_prob > 0:
       x = tf.cond(params["gray"][i], lambda: to_grayscale(x), lambda: x)
     return i + 1, out.write(i, tf.clip_by_value(x, 0.0, 1.0))

@@ -13,6 +13,7 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine", "constant")
 BLUR_ON = ("data", "device")
+JITTER_IMPLS = ("simclrv1", "simclrv2")  # augment.JITTER_IMPLS (no TensorFlow import here)
 
 
 class ConfigError(ValueError):
@@ -111,3 +112,4 @@ def _validate_augment(config):
     _fail("augment.blur_sigma_range", tuple(aug.blur_sigma_range),
           "expected 0 < low <= high (pixels)")
   _one_of(config, "augment.blur_on", BLUR_ON)
+  _one_of(config, "augment.jitter_impl", JITTER_IMPLS)

@@ -114,7 +114,8 @@ def make_head_loss_fn(config: ml_collections.ConfigDict) -> Callable:
     z_a, z_b = jnp.split(merged["z"], 2)
     loss, aux = losses.nt_xent(z_a, z_b, temperature=config.loss.temperature,
                                axis_name=ts.AXIS,
-                               official_scaling=config.loss.official_scaling)
+                               official_scaling=config.loss.official_scaling,
+                               hidden_norm=config.loss.hidden_norm)
     metrics = {"loss": loss, **aux}
     total = loss
     if "logits" in merged:

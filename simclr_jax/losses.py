@@ -32,6 +32,7 @@ def nt_xent(
     temperature: float,
     axis_name: str | None = None,
     official_scaling: bool = False,
+    hidden_norm: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """NT-Xent loss of the local batch of pairs, optionally contrasted across devices.
 
@@ -55,13 +56,17 @@ def nt_xent(
     temperature: tau > 0; the logits are cosine similarities / tau.
     axis_name: the mapped mesh axis to contrast across, or None for one device.
     official_scaling: return 2L, the official code's mean over N of (loss_a + loss_b).
+    hidden_norm: L2-normalise z first (cosine similarities, the paper); False uses the
+      raw dot products (the official hidden_norm flag).
 
   Returns:
     (loss, aux): loss, a float32 scalar (this device's share when axis_name is set);
     aux, float32 scalars over the local anchors, whose pmean is the global value:
     "contrast_acc", the fraction of anchors whose positive has the largest logit, and
     "contrast_entropy", the mean entropy (nats) of the softmax over the 2N - 1
-    candidates of an anchor.
+    candidates of an anchor; "contrast_acc_official", the official code's contrastive
+    accuracy: the fraction of first-view anchors whose positive has the largest logit
+    among the N second views (its logits_ab), over the local first views.
   """
   if z_a.ndim != 2 or z_a.shape != z_b.shape:
     raise ValueError(
@@ -72,8 +77,9 @@ def nt_xent(
   n = z_a.shape[0]
   # Logits and softmax in float32 whatever the model's compute dtype: at tau = 0.1 a
   # bfloat16 cosine similarity would be off by up to ~0.04 in the logit.
-  z_a = _l2_normalize(z_a.astype(jnp.float32))
-  z_b = _l2_normalize(z_b.astype(jnp.float32))
+  z_a, z_b = z_a.astype(jnp.float32), z_b.astype(jnp.float32)
+  if hidden_norm:
+    z_a, z_b = _l2_normalize(z_a), _l2_normalize(z_b)
 
   if axis_name is None:
     all_a, all_b = z_a, z_b
@@ -109,6 +115,10 @@ def nt_xent(
 
   log_probs = jax.lax.stop_gradient(log_probs)
   acc = jnp.mean((jnp.argmax(log_probs, axis=-1) == pos_col).astype(jnp.float32))
+  # Rows of the first views against the second views' columns: the official logits_ab.
+  logits_ab = log_probs[:n, big_n:]
+  acc_official = jnp.mean((jnp.argmax(logits_ab, axis=-1) == example[:n]).astype(jnp.float32))
   # The masked column has probability exactly 0 and a finite log-probability: adds 0.
   entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
-  return loss, {"contrast_acc": acc, "contrast_entropy": entropy}
+  return loss, {"contrast_acc": acc, "contrast_entropy": entropy,
+                "contrast_acc_official": acc_official}

@@ -81,7 +81,8 @@ def make_loss_fn(model, config: ml_collections.ConfigDict) -> Callable:
                                train=True, mutable=["batch_stats"])
     z_a, z_b = jnp.split(out["z"], 2)
     loss, aux = losses.nt_xent(z_a, z_b, temperature=config.loss.temperature,
-                               axis_name=AXIS, official_scaling=config.loss.official_scaling)
+                               axis_name=AXIS, official_scaling=config.loss.official_scaling,
+                               hidden_norm=config.loss.hidden_norm)
     metrics = {"loss": loss, **aux}
     total = loss
     if "logits" in out:

@@ -58,7 +58,7 @@ def make_checkpoint(workdir: str, config, steps=(3, 7), num_classes: int = 10, s
   variables an evaluation must start from.
   """
   model = models.create_model(config.model, num_classes=num_classes)
-  tx, _ = ts.create_optimizer(config, steps_per_epoch=2, total_steps=10)
+  tx, _ = ts.create_optimizer(config, num_examples=2 * config.batch_size, total_steps=10)
   state = ts.create_train_state(jax.random.PRNGKey(seed), model, tx, config.data.image_size)
   rng = np.random.default_rng(seed)
   ckpt = checkpointing.Checkpointer(workdir, keep=5, async_save=False)

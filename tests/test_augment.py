@@ -144,7 +144,10 @@ def _numpy_blur(x, sigma, radius):
 def _reference_view(x, p, i, spec):
   """The official per-image order with tf.image ops, given view i's draws p."""
   if p["color"][i]:
-    ops = [lambda v: v * p["brightness"][i],
+    brightness = (
+        (lambda v: tf.image.adjust_brightness(v, p["brightness"][i]))
+        if spec.jitter_impl == "simclrv1" else (lambda v: v * p["brightness"][i]))
+    ops = [brightness,
            lambda v: tf.image.adjust_contrast(v, p["contrast"][i]),
            lambda v: tf.image.adjust_saturation(v, p["saturation"][i]),
            lambda v: tf.image.adjust_hue(v, p["hue"][i])]
@@ -159,14 +162,19 @@ def _reference_view(x, p, i, spec):
   return x
 
 
-def test_finish_views_equals_official_per_image_pipeline():
-  spec = A.ViewSpec(image_size=12, color_strength=1.0, blur=True, blur_kernel_fraction=0.5)
+@pytest.mark.parametrize("impl,random_order", [("simclrv2", True), ("simclrv1", True),
+                                               ("simclrv2", False)])
+def test_finish_views_equals_official_per_image_pipeline(impl, random_order):
+  spec = A.ViewSpec(image_size=12, color_strength=1.0, blur=True, blur_kernel_fraction=0.5,
+                    jitter_impl=impl, color_random_order=random_order)
   rng = np.random.default_rng(2)
   views = tf.constant(rng.uniform(-0.2, 1.2, [24, 12, 12, 3]).astype(np.float32))
   u = _uniforms(24, spec, seed=3)
   out = A.finish_views(views, u, spec).numpy()
   p = {k: v.numpy() for k, v in A.color_params(u, spec).items()}
   assert 0 < p["color"].sum() < 24 and p["gray"].any() and p["blur"].any()
+  if not random_order:  # the official color_jitter_nonrand order
+    assert np.all(p["order"] == np.arange(4))
   for i in range(24):
     np.testing.assert_allclose(out[i], _reference_view(views[i], p, i, spec), atol=1e-5)
   assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from simclr_jax import config_lib
 from simclr_jax import evaluate
 from simclr_jax import models
+from simclr_jax import supervised_optim
 from simclr_jax import train_step as ts
 from simclr_jax.models.heads import ProjectionHead
 from tests import pretrained_fixture
@@ -167,9 +168,9 @@ def test_linear_step_on_features_matches_numpy():
   x = rng.normal(size=(16, 6)).astype(np.float32)
   y = rng.integers(0, 4, 16).astype(np.int32)
   mesh = ts.make_mesh()
-  tx, schedule = evaluate.optim.create_optimizer(
-      config.linear_eval.optim, batch_size=16, steps_per_epoch=1, total_steps=5,
-      weight_decay_mask=evaluate.kernels_only)
+  tx, schedule = supervised_optim.create_optimizer(
+      config.linear_eval.optim, batch_size=16, num_examples=16, total_steps=5,
+      whole_tree_is_classifier=True)
   classifier = evaluate.linear_classifier(4)
   state = ts.replicate(evaluate.init_classifier_state(classifier, 6, tx), mesh)
   assert not np.any(jax.device_get(state.params)["kernel"])  # zero-initialised
@@ -286,7 +287,8 @@ def test_linear_and_knn_config_errors(field, value, match):
 def test_plan_steps():
   group = pretrained_fixture.tiny_config().linear_eval
   group.batch_size, group.num_epochs = 32, 2
-  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 6)  # remainder dropped
+  # The official count: 100 x 2 // 32 + 1 = 7 steps (N // B = 3 per logged epoch).
+  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 7)
   group.num_train_steps = 5
   assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 5)
   with pytest.raises(config_lib.ConfigError, match="linear_eval.batch_size = 32"):

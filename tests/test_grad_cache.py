@@ -33,7 +33,7 @@ def config(chunks: int):
   c.batch_size = PAIRS
   c.data.image_size = SIZE
   c.model.update(depth=18, width_multiplier=0.125, cifar_stem=True, proj_dim=16)
-  c.loss.update(temperature=0.2, chunks=chunks)
+  c.loss.update(temperature=0.2, chunks=chunks, official_scaling=False)  # the paper's L
   c.optim.weight_decay = 1e-2  # large enough for the probe's L2 gradient to show
   return c
 

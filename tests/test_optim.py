@@ -52,16 +52,18 @@ def _reference_lr(step, *, peak, warmup, total, schedule):
 @pytest.mark.parametrize("scaling,base_lr,batch_size", [
     ("linear", 0.3, 4096), ("sqrt", 0.075, 4096), ("linear", 1.0, 512), ("none", 0.1, 64)])
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
-@pytest.mark.parametrize("warmup_epochs", [0.0, 2.1, 10.0])  # 2.1 x 7 = 14.7 -> 15
-def test_schedule_matches_formula(scaling, base_lr, batch_size, schedule, warmup_epochs):
-  steps_per_epoch, total = 7, 150
+# 7.5 batches an epoch: 2.1 x 7.5 = 15.75 -> 15 warm-up steps (the official W x N // B
+# floors before it rounds).
+@pytest.mark.parametrize("warmup_epochs,warmup", [(0.0, 0), (2.1, 15), (10.0, 75)])
+def test_schedule_matches_formula(scaling, base_lr, batch_size, schedule, warmup_epochs,
+                                  warmup):
+  num_examples, total = 7 * batch_size + batch_size // 2, 150
   config = _optim_config(base_lr=base_lr, lr_scaling=scaling, schedule=schedule,
                          warmup_epochs=warmup_epochs)
   fn = optim.learning_rate_schedule(config, batch_size=batch_size,
-                                    steps_per_epoch=steps_per_epoch, total_steps=total)
+                                    num_examples=num_examples, total_steps=total)
   peak = base_lr * (batch_size / 256 if scaling == "linear" else
                     batch_size**0.5 if scaling == "sqrt" else 1.0)
-  warmup = int(round(warmup_epochs * steps_per_epoch))
   steps = np.arange(total + 10)
   got = np.asarray(jax.jit(jax.vmap(fn))(steps))
   want = np.array([_reference_lr(s, peak=peak, warmup=warmup, total=total,
@@ -78,7 +80,7 @@ def test_schedule_matches_formula(scaling, base_lr, batch_size, schedule, warmup
 
 def test_warmup_longer_than_run_is_truncated():
   config = _optim_config(base_lr=1.0, lr_scaling="none", warmup_epochs=10.0)
-  fn = optim.learning_rate_schedule(config, batch_size=8, steps_per_epoch=3,
+  fn = optim.learning_rate_schedule(config, batch_size=8, num_examples=24,
                                     total_steps=12)
   got = np.array([fn(s) for s in range(14)])
   np.testing.assert_allclose(got[:12], np.arange(12) / 12, rtol=1e-6)
@@ -182,7 +184,7 @@ def _setup(seed, steps, **overrides):
   config = _optim_config(base_lr=0.5, lr_scaling="linear", warmup_epochs=1.0,
                          schedule="cosine", **overrides)
   # 2 warm-up steps, then cosine over 8: every step has its own learning rate.
-  kwargs = dict(batch_size=512, steps_per_epoch=2, total_steps=10)
+  kwargs = dict(batch_size=512, num_examples=1024, total_steps=10)
   tx, schedule = optim.create_optimizer(config, **kwargs)
   lrs = [_reference_lr(s, peak=1.0, warmup=2, total=10, schedule="cosine")
          for s in range(steps)]
@@ -288,7 +290,7 @@ def test_weight_decay_mask_override():
   zero_grads = jax.tree.map(np.zeros_like, params)
   config = _optim_config(name="sgd", base_lr=0.1, lr_scaling="none", warmup_epochs=0.0,
                          schedule="constant", weight_decay=0.5, momentum=0.0)
-  kwargs = dict(batch_size=8, steps_per_epoch=1, total_steps=10)
+  kwargs = dict(batch_size=8, num_examples=8, total_steps=10)
   default = _run(optim.create_optimizer(config, **kwargs)[0], params, [zero_grads])
   everything = _run(optim.create_optimizer(
       config, **kwargs, weight_decay_mask=lambda p: jax.tree.map(lambda _: True, p))[0],
@@ -305,7 +307,7 @@ def test_weight_decay_mask_override():
 # Bad configs.
 
 
-_KW = dict(batch_size=256, steps_per_epoch=10, total_steps=100)
+_KW = dict(batch_size=256, num_examples=2560, total_steps=100)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -334,9 +336,9 @@ def test_bad_config_messages_name_allowed_values():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(batch_size=0, steps_per_epoch=10, total_steps=100),
-    dict(batch_size=256, steps_per_epoch=0, total_steps=100),
-    dict(batch_size=256, steps_per_epoch=10, total_steps=0)])
+    dict(batch_size=0, num_examples=2560, total_steps=100),
+    dict(batch_size=256, num_examples=0, total_steps=100),
+    dict(batch_size=256, num_examples=2560, total_steps=0)])
 def test_bad_sizes(kwargs):
   with pytest.raises(ValueError, match="must be an int >= 1"):
     optim.create_optimizer(_optim_config(), **kwargs)

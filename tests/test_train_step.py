@@ -57,7 +57,7 @@ def test_bfloat16_step_tracks_float32_and_stays_finite_at_low_temperature():
     c.loss.temperature = 0.05
     mesh = ts.make_mesh(jax.devices()[:1])
     model = models.create_model(c.model, num_classes=10, axis_name=ts.AXIS)
-    tx, schedule = ts.create_optimizer(c, steps_per_epoch=2, total_steps=10)
+    tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
     init = ts.create_train_state(jax.random.PRNGKey(0), model, tx, c.data.image_size)
     init_params = jax.device_get(init.params)  # the step donates the state's buffers
     state = ts.replicate(init, mesh)

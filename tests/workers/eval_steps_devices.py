@@ -15,7 +15,7 @@ import optax
 
 from simclr_jax import evaluate
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax import supervised_optim
 from simclr_jax import train_step as ts
 from tests import pretrained_fixture
 
@@ -31,8 +31,8 @@ def data():
 def optimizer(wd):
   cfg = pretrained_fixture.tiny_config().linear_eval.optim
   cfg.weight_decay = wd
-  return optim.create_optimizer(cfg, batch_size=BATCH, steps_per_epoch=2, total_steps=6,
-                                weight_decay_mask=evaluate.kernels_only)
+  return supervised_optim.create_optimizer(cfg, batch_size=BATCH, num_examples=2 * BATCH,
+                                           total_steps=6)
 
 
 def linear_runs(config, pretrained, batches):

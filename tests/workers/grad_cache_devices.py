@@ -81,7 +81,7 @@ def batches():
 def run(model, c, num_devices, data):
   """STEPS train steps on `num_devices` devices: (losses, params, batch_stats)."""
   mesh = ts.make_mesh(jax.devices()[:num_devices])
-  tx, schedule = ts.create_optimizer(c, steps_per_epoch=2, total_steps=10)
+  tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
   state = ts.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, IMAGE_SIZE),
                        mesh)
   grad_fn = grad_cache.make_chunked_grad_fn(model, c) if c.loss.chunks > 1 else None

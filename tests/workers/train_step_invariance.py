@@ -40,7 +40,7 @@ def batches(c, num_classes):
 def run_sharded(c, num_devices, data, num_classes):
   mesh = ts.make_mesh(jax.devices()[:num_devices])
   model = models.create_model(c.model, num_classes=num_classes, axis_name=ts.AXIS)
-  tx, schedule = ts.create_optimizer(c, steps_per_epoch=2, total_steps=10)
+  tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
   state = ts.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8), mesh)
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c), mesh)
   losses_seen = []
@@ -53,7 +53,7 @@ def run_sharded(c, num_devices, data, num_classes):
 def run_reference(c, data, num_classes):
   """The same update without shard_map or collectives: one device, whole batch."""
   model = models.create_model(c.model, num_classes=num_classes, axis_name=None)
-  tx, _ = ts.create_optimizer(c, steps_per_epoch=2, total_steps=10)
+  tx, _ = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8)
   params, stats, opt_state = state.params, state.batch_stats, state.opt_state
 
@@ -81,7 +81,7 @@ def main(out_path):
   c = tiny_config()
   data = batches(c, num_classes=10)
   model = models.create_model(c.model, num_classes=10)
-  tx, _ = ts.create_optimizer(c, steps_per_epoch=2, total_steps=10)
+  tx, _ = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
   init = ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8)
   results = {"init": ([np.nan] * STEPS, init.params, init.batch_stats),
              "ref": run_reference(c, data, 10)}
