@@ -65,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head_num_layers = 2  # 2 = SimCLR v1 paper; 3 = SimCLR v2 and the official default
   c.model.proj_dim = 128
   c.model.online_probe = True  # linear classifier on stop_gradient(h)
+  # The probe's input: 0 = h, j >= 1 = projection-head layer j (official ft_proj_selector).
+  c.model.probe_from_projection_layer = 0
 
   # --- loss -------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
@@ -115,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fast path for sweeps: h of every train image extracted once (no augmentation), the
   # classifier trained on those; its metrics are named linear_eval_cached_*.
   c.linear_eval.cached_features = False
+  # 0 = classifier on h; j >= 1 = on projection-head layer j (official ft_proj_selector).
+  c.linear_eval.from_projection_layer = 0
+  c.linear_eval.zero_init_head = True  # official zero_init_logits_layer; False: N(0, 0.01^2)
   c.linear_eval.optim = _supervised_optim(base_lr=0.1, weight_decay=1e-6)  # CIFAR-10: wd 0
 
   c.finetune = ml_collections.ConfigDict()

@@ -93,6 +93,8 @@ def _validate_model(config):
   _one_of(config, "model.head_mode", HEAD_MODES)
   _positive(config, "model.head_num_layers")
   _positive(config, "model.proj_dim")
+  layers = {"none": 0, "linear": 1}.get(config.model.head_mode, config.model.head_num_layers)
+  _one_of(config, "model.probe_from_projection_layer", range(layers + 1))
 
 
 def _validate_augment(config):

@@ -163,6 +163,20 @@ def validate_linear_eval(config: ConfigDict) -> None:
   _check_batch("linear_eval.batch_size", config.linear_eval.batch_size)
   _check_batch("eval_batch_size", config.eval_batch_size)
   _check_run_length(config.linear_eval, "linear_eval")
+  layer = config.linear_eval.from_projection_layer
+  if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+    _fail("linear_eval.from_projection_layer", layer, "expected an integer >= 0 (0 = h)")
+  if layer and config.linear_eval.cached_features:
+    _fail("linear_eval.from_projection_layer", layer,
+          "the cached-features fast path reads h only: expected 0 with "
+          "linear_eval.cached_features=True")
+
+
+def check_projection_layer(field: str, layer: int, head_layers: int) -> None:
+  """`layer` must name h (0) or one of the pretrained head's `head_layers` layers."""
+  if not 0 <= layer <= head_layers:
+    _fail(field, layer, f"expected an integer in [0, {head_layers}] (the pretrained "
+                        f"projection head has {head_layers} layers; 0 = h)")
 
 
 def validate_finetune(config: ConfigDict, head_layers: int) -> None:
@@ -174,10 +188,9 @@ def validate_finetune(config: ConfigDict, head_layers: int) -> None:
   if not 0.0 < ft.label_fraction <= 1.0:
     _fail("finetune.label_fraction", ft.label_fraction, "expected a fraction in (0, 1]")
   layer = ft.from_projection_layer
-  if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= head_layers:
-    _fail("finetune.from_projection_layer", layer,
-          f"expected an integer in [0, {head_layers}] (the pretrained projection head has "
-          f"{head_layers} layers; 0 = h)")
+  if isinstance(layer, bool) or not isinstance(layer, int):
+    _fail("finetune.from_projection_layer", layer, "expected an integer (0 = h)")
+  check_projection_layer("finetune.from_projection_layer", layer, head_layers)
   if ft.fine_tune_after_block not in FINE_TUNE_AFTER_BLOCK:
     _fail("finetune.fine_tune_after_block", ft.fine_tune_after_block,
           f"expected one of {list(FINE_TUNE_AFTER_BLOCK)} (-1 = every layer, k = the stem "
@@ -294,9 +307,10 @@ def shard_supervised_step(step: Callable, mesh: jax.sharding.Mesh, num_inputs: i
 # Linear evaluation.
 
 
-def linear_classifier(num_classes: int) -> nn.Dense:
-  """The linear-evaluation classifier: Dense with bias, zero-initialised (official)."""
-  return nn.Dense(num_classes, kernel_init=nn.initializers.zeros,
+def linear_classifier(num_classes: int, zero_init: bool = True) -> nn.Dense:
+  """The linear-evaluation classifier: Dense with a zero bias; kernel zero (official
+  linear evaluation) or N(0, 0.01^2)."""
+  return nn.Dense(num_classes, kernel_init=_head_init(zero_init),
                   bias_init=nn.initializers.zeros, dtype=jnp.float32,
                   param_dtype=jnp.float32, name="classifier")
 
@@ -326,11 +340,12 @@ def make_linear_step(featurize: Callable, classifier: nn.Module,
   return step
 
 
-def encoder_featurize(model) -> Callable:
-  """`(variables, images) -> h`: the encoder in inference mode (BN running averages)."""
+def encoder_featurize(model, layer: int = 0) -> Callable:
+  """`(variables, images) -> h` (layer 0) or projection-head layer `layer`'s output,
+  the network in inference mode (BN running averages)."""
   inference = model.clone(axis_name=None)
   return lambda variables, images: inference.apply(variables, images, train=False,
-                                                   method="encode")
+                                                   layer=layer, method="hidden")
 
 
 def init_classifier_state(classifier: nn.Module, feature_dim: int,
@@ -434,9 +449,12 @@ def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
       le.optim, batch_size=le.batch_size, num_examples=setup.info.num_train_examples,
       total_steps=total_steps, whole_tree_is_classifier=True)
   model = models.create_model(pre.model_config)
-  featurize = encoder_featurize(model)
-  classifier = linear_classifier(setup.info.num_classes)
-  feature_dim = models.feature_dim(pre.model_config.depth, pre.model_config.width_multiplier)
+  check_projection_layer("linear_eval.from_projection_layer", le.from_projection_layer,
+                         head_layer_count(pre.model_config))
+  featurize = encoder_featurize(model, le.from_projection_layer)
+  classifier = linear_classifier(setup.info.num_classes, le.zero_init_head)
+  feature_dim = jax.eval_shape(featurize, pre.variables, jax.ShapeDtypeStruct(
+      (1, config.data.image_size, config.data.image_size, 3), jnp.float32)).shape[-1]
   state = ts.replicate(init_classifier_state(classifier, feature_dim, tx), mesh)
   frozen = ts.replicate(pre.variables, mesh)
   step_fn = shard_supervised_step(make_linear_step(featurize, classifier, tx, schedule),
@@ -506,7 +524,7 @@ def _linear_eval_cached(setup: Setup) -> dict[str, float]:
   tx, schedule = supervised_optim.create_optimizer(
       le.optim, batch_size=le.batch_size, num_examples=len(train_x),
       total_steps=total_steps, whole_tree_is_classifier=True)
-  classifier = linear_classifier(setup.info.num_classes)
+  classifier = linear_classifier(setup.info.num_classes, le.zero_init_head)
   state = ts.replicate(init_classifier_state(classifier, train_x.shape[1], tx), mesh)
   step_fn = shard_supervised_step(make_linear_step(lambda _, x: x, classifier, tx, schedule),
                                   mesh, num_inputs=3)

@@ -18,15 +18,16 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class SimCLRModel(nn.Module):
-  """x -> h = encoder(x), z = head(h), logits = classifier(stop_gradient(h)).
+  """x -> h = encoder(x), z = head(h), logits = classifier(stop_gradient(hidden)).
 
   Submodules: 'encoder' (ResNet), 'head' (ProjectionHead) and, when
   num_classes > 0, 'classifier' (Dense with bias, official N(0, 0.01^2) kernel
-  init): the online linear probe, fed stop_gradient(h) so that it never changes
-  the encoder's gradients.
+  init): the online linear probe, fed stop_gradient of h or of a projection-head
+  layer's output, so that it never changes the encoder's gradients.
 
   Attributes: see ResNet and ProjectionHead; proj_dim is the head's out_dim,
-  num_classes the probe's output size (0 = no probe).
+  num_classes the probe's output size (0 = no probe), probe_layer the probe's input:
+  0 = h, j >= 1 = the output of head layer j (the official ft_proj_selector).
   """
   depth: int
   width_multiplier: float = 1.0
@@ -39,6 +40,7 @@ class SimCLRModel(nn.Module):
   head_num_layers: int = 2
   proj_dim: int = 128
   num_classes: int = 0
+  probe_layer: int = 0
 
   def __post_init__(self):
     # Submodules are built lazily in setup(); check their fields now for an early error.
@@ -49,6 +51,10 @@ class SimCLRModel(nn.Module):
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
         or self.num_classes < 0:
       raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}.")
+    head_layers = {"none": 0, "linear": 1}.get(self.head_mode, self.head_num_layers)
+    if isinstance(self.probe_layer, bool) or self.probe_layer not in range(head_layers + 1):
+      raise ValueError(f"probe_layer must be an int in [0, {head_layers}] (the head's "
+                       f"layers), got {self.probe_layer!r}.")
     super().__post_init__()
 
   def setup(self):
@@ -76,14 +82,20 @@ class SimCLRModel(nn.Module):
        'logits': [B, num_classes] float32}.
     """
     h = self.encoder(x, train)
-    out = {"h": h, "z": self.head(h, train)}
+    z, hiddens = self.head(h, train, return_hidden=True)
+    out = {"h": h, "z": z}
     if self.num_classes > 0:
-      out["logits"] = self.classifier(jax.lax.stop_gradient(h))
+      out["logits"] = self.classifier(jax.lax.stop_gradient(hiddens[self.probe_layer]))
     return out
 
   def encode(self, x: Array, train: bool) -> Array:
     """h: [B, C] float32 only (use with model.apply(..., method='encode'))."""
     return self.encoder(x, train)
+
+  def hidden(self, x: Array, train: bool, layer: int) -> Array:
+    """[B, C'] float32: h (layer 0) or the output of projection-head layer `layer`."""
+    h = self.encoder(x, train)
+    return h if layer == 0 else self.head(h, train, return_hidden=True)[1][layer]
 
 
 def parse_dtype(name: str) -> Dtype:
@@ -111,4 +123,6 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
       head_mode=model_config.head_mode,
       head_num_layers=model_config.head_num_layers,
       proj_dim=model_config.proj_dim,
-      num_classes=num_classes)
+      num_classes=num_classes,
+      # Absent from the configs of checkpoints written before the field existed.
+      probe_layer=model_config.get("probe_from_projection_layer", 0))
