@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tests.subproc import run_worker
+from tests.tolerances import assert_same_updates
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,26 @@ def _group(results, key):
 @pytest.mark.parametrize("devices", ["1", "2", "4", "8"])
 def test_sharded_step_equals_plain_single_device_update(invariance_results, devices):
   """k devices x local batch 16/k and the unsharded reference on the same global batch
-  give the same losses, BN statistics and parameters after 3 steps."""
+  give the same losses, BN statistics and parameters after 3 steps.
+
+  Tolerances from measured drift (Intel Xeon AVX-512, 2026-12-01; the suite also passed
+  on AMD AVX2 under the older, tighter elementwise bounds): the losses agree to <= 3% of
+  rtol 1e-5, a 30x margin. Parameters and statistics are compared against how far they
+  moved in the 3 steps (tests/tolerances.py): worst 3e-4 of the move on 8 devices (a BN
+  scale that starts at 0), against the bound 1e-2, a 35x margin; an elementwise rtol
+  2e-4 / atol 2e-6 had used half of itself there. A gradient scaled by the device count
+  or a wrong shard is off by whole updates (ratio ~1).
+  """
   ref = _group(invariance_results, "ref")
   got = _group(invariance_results, devices)
+  init = _group(invariance_results, "init")
   assert set(ref) == set(got)
   assert len(ref) > 50  # params and BN statistics of a real ResNet
   np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
-  for name in ref:
-    np.testing.assert_allclose(got[name], ref[name], rtol=2e-4, atol=2e-6, err_msg=name)
+  moved = {k: ref[k] for k in ref if k in init}
+  assert len(moved) == len(ref) - 1  # every leaf but the losses
+  assert_same_updates(moved, {k: got[k] for k in moved}, {k: init[k] for k in moved},
+                      rtol=1e-2)
 
 
 def test_parameters_and_statistics_actually_moved(invariance_results):

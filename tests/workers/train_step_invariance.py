@@ -61,7 +61,8 @@ def run_reference(c, data, num_classes):
     out, mutated = model.apply({"params": params, "batch_stats": stats}, images, train=True,
                                mutable=["batch_stats"])
     z_a, z_b = jnp.split(out["z"], 2)
-    loss, _ = losses.nt_xent(z_a, z_b, temperature=c.loss.temperature)
+    loss, _ = losses.nt_xent(z_a, z_b, temperature=c.loss.temperature,
+                             official_scaling=c.loss.official_scaling)
     ce = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
     l2 = 0.5 * c.optim.weight_decay * jnp.sum(params["classifier"]["kernel"] ** 2)
     return loss + ce + l2, (loss, mutated["batch_stats"])
