@@ -5,7 +5,6 @@ evaluations they cannot run."""
 
 import logging
 import os
-import shutil
 import types
 
 import numpy as np
@@ -59,23 +58,28 @@ def test_failing_evaluation_is_reported_and_the_run_goes_on(caplog):
   assert written == [(12, {"knn_top1": 0.5})]
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-  """A pretraining workdir with checkpoints at steps 3 and 7 (different weights)."""
-  workdir = str(tmp_path_factory.mktemp("ckpts"))
-  config = pretrained_fixture.tiny_config()
-  latest = pretrained_fixture.make_checkpoint(workdir, config, steps=(3, 7))
-  return workdir, latest
+def save_pretraining_checkpoints(workdir: str, steps) -> None:
+  """Checkpoints as pretraining writes them (state with params/batch_stats, meta with
+  the config), with tiny stand-in weights: step s holds the value s."""
+  ckpt = checkpointing.Checkpointer(workdir, keep=5, async_save=False)
+  meta = checkpointing.config_meta(pretrained_fixture.tiny_config())
+  for step in steps:
+    w = np.full(1000, step, np.float32)
+    ckpt.save(step, {"params": {"dense": {"kernel": w}}, "batch_stats": {"bn": {"mean": w}},
+                     "step": np.int32(step)}, meta)
+  ckpt.wait()
+  ckpt.close()
 
 
-def test_init_from_skips_an_unreadable_latest_checkpoint(checkpoints, tmp_path, caplog):
-  workdir = str(tmp_path / "w")
-  shutil.copytree(checkpoints[0], workdir)
+def test_init_from_skips_an_unreadable_latest_checkpoint(tmp_path, caplog):
+  workdir = str(tmp_path)
+  save_pretraining_checkpoints(workdir, (3, 7))
   assert evaluate.load_pretrained(workdir).step == 7
   damage(os.path.join(workdir, "checkpoints", "7"))
   with caplog.at_level(logging.WARNING):
     pretrained = evaluate.load_pretrained(workdir)
-  assert pretrained.step == 3
+  assert pretrained.step == 3 and pretrained.config.model.width_multiplier == 0.125
+  assert np.all(pretrained.variables["params"]["dense"]["kernel"] == 3)
   assert "checkpoints/7 does not restore" in caplog.text and "skipped step 7" in caplog.text
   # The step named explicitly is not replaced by another one.
   with pytest.raises(Exception):
