@@ -157,6 +157,31 @@ def complete_steps(directory) -> list[epath.Path]:
                 key=lambda p: int(p.name), reverse=True)
 
 
+def find_checkpoints(path: str) -> list[epath.Path]:
+  """`config.init_from` (a workdir, its checkpoints dir or a step dir) as complete step
+  dirs, newest first (a step dir: just that one).
+
+  Raises:
+    FileNotFoundError: nothing there, or no complete checkpoint (Orbax renames a step
+      directory to its number only once it is fully written).
+  """
+  if not path:
+    raise FileNotFoundError("config.init_from = '' is not allowed: expected a pretraining "
+                            "workdir, its checkpoints/ directory or a checkpoints/<step> "
+                            "directory")
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(f"config.init_from = {path!r} does not exist")
+  if is_step_dir(path):
+    return [epath.Path(path)]
+  steps = complete_steps(checkpoint_dir(path))
+  if not steps:
+    raise FileNotFoundError(
+        f"config.init_from = {path!r} holds no complete checkpoint: expected a "
+        "pretraining workdir, its checkpoints/ directory or a checkpoints/<step> "
+        "directory with state/ and meta/")
+  return steps
+
+
 def read_meta(step_dir: str) -> dict:
   """The JSON meta item of a step directory."""
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(

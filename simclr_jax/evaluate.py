@@ -73,31 +73,6 @@ class Pretrained:
     return self.config.model
 
 
-def find_checkpoints(path: str) -> list[epath.Path]:
-  """Resolves a workdir, its checkpoints dir or a step dir to complete step dirs,
-  newest first (a step dir: just that one).
-
-  Raises:
-    FileNotFoundError: nothing there, or no complete checkpoint (Orbax renames a step
-      directory to its number only once it is fully written).
-  """
-  if not path:
-    raise FileNotFoundError("config.init_from = '' is not allowed: expected a pretraining "
-                            "workdir, its checkpoints/ directory or a checkpoints/<step> "
-                            "directory")
-  if not epath.Path(path).exists():
-    raise FileNotFoundError(f"config.init_from = {path!r} does not exist")
-  if checkpointing.is_step_dir(path):
-    return [epath.Path(path)]
-  steps = checkpointing.complete_steps(checkpointing.checkpoint_dir(path))
-  if not steps:
-    raise FileNotFoundError(
-        f"config.init_from = {path!r} holds no complete checkpoint: expected a "
-        "pretraining workdir, its checkpoints/ directory or a checkpoints/<step> "
-        "directory with state/ and meta/")
-  return steps
-
-
 def load_pretrained(path: str) -> Pretrained:
   """Restores encoder + projection-head variables and the run's config from `path`.
 
@@ -105,7 +80,7 @@ def load_pretrained(path: str) -> Pretrained:
   the online probe ('classifier') is dropped. Given a workdir or checkpoints dir, a
   checkpoint that does not restore is reported and the one before it is used.
   """
-  candidates = find_checkpoints(path)
+  candidates = checkpointing.find_checkpoints(path)
   skipped = []
   for step_dir in candidates:
     try:

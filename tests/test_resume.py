@@ -99,7 +99,8 @@ def test_partial_checkpoint_is_ignored(straight_run, tmp_path):
   assert_same_params(params, expected)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(straight_run, tmp_path, sig):
   workdir = str(tmp_path / "preempted")
   shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
