@@ -135,30 +135,27 @@ def _sha256(path: str) -> str:
 def check_target(export_dir: str) -> None:
   """Raises ExportTargetError unless `export_dir` is free to be (re)written: absent, an
   empty directory, or an earlier export holding only the files its model.json lists."""
-  field = "export.dir"
   if not os.path.exists(export_dir):
     return
   if not os.path.isdir(export_dir):
-    raise ExportTargetError(f"config.{field} = {export_dir!r} is not allowed: it is a "
+    raise ExportTargetError(f"config.export.dir = {export_dir!r} is not allowed: it is a "
                             "file; expected a new or empty directory or an earlier export")
-  if not os.listdir(export_dir):
+  entries = sorted(os.listdir(export_dir))
+  if not entries:
     return
-  present = _files(export_dir)
   try:
-    spec = read_spec(export_dir) if os.path.exists(
-        os.path.join(export_dir, MODEL_JSON)) else None
+    spec = read_spec(export_dir) if MODEL_JSON in entries else None
   except ExportError:
     spec = None
   if spec is None:
     raise ExportTargetError(
-        f"config.{field} = {export_dir!r} is not allowed: a non-empty directory that is "
-        f"not a simclr_jax export (no valid {MODEL_JSON}), holding e.g. "
-        f"{(present or os.listdir(export_dir))[:3]}; "
+        f"config.export.dir = {export_dir!r} is not allowed: a non-empty directory that is "
+        f"not a simclr_jax export (no valid {MODEL_JSON}), holding e.g. {entries[:3]}; "
         "expected a new or empty directory or an earlier export, which is replaced")
-  extra = sorted(set(present) - set(spec["sha256"]) - {MODEL_JSON})
+  extra = sorted(set(_files(export_dir)) - set(spec["sha256"]) - {MODEL_JSON})
   if extra:
     raise ExportTargetError(
-        f"config.{field} = {export_dir!r} is not allowed: an earlier export with "
+        f"config.export.dir = {export_dir!r} is not allowed: an earlier export with "
         f"{len(extra)} file(s) it did not write, e.g. {extra[:3]}; move them out or choose "
         "another directory")
 
