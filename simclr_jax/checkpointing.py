@@ -215,11 +215,15 @@ class PreemptionFlag:
       if signum == signal.SIGINT:
         logging.warning("Interrupted: saving the current step, then exiting (Ctrl-C again "
                         "to stop without saving)")
-        signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+        self._restore(signal.SIGINT)
     if jax.process_count() == 1:
       self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
     return self
 
+  def _restore(self, signum: int) -> None:
+    previous = self._previous[signum]  # None: a handler not set from Python
+    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
   def __exit__(self, *exc):
-    for s, previous in self._previous.items():
-      signal.signal(s, previous)
+    for signum in self._previous:
+      self._restore(signum)

@@ -5,6 +5,7 @@ evaluations they cannot run."""
 
 import logging
 import os
+import signal
 import types
 
 import numpy as np
@@ -164,3 +165,13 @@ def test_probe_without_few_shot():
   y = (x[:, 0] > 0).astype(int)
   acc = probe.probe_accuracies((x, y), (x, y), shots=0, draws=3)
   assert list(acc) == ["top1"] and acc["top1"] > 0.9
+
+
+def test_first_ctrl_c_asks_for_a_save_the_second_interrupts():
+  before = signal.getsignal(signal.SIGINT)
+  with checkpointing.PreemptionFlag() as flag:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.requested
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
