@@ -23,6 +23,7 @@ from simclr_jax import config_lib
 from simclr_jax import evaluate
 from simclr_jax import export
 from simclr_jax import models
+from simclr_jax import resume_check
 from simclr_jax import train
 
 FLAGS = flags.FLAGS
@@ -44,6 +45,11 @@ MODES = {
     "finetune": evaluate.finetune,
     "knn": evaluate.knn_eval,
     "export": export.export,
+}
+# config.mode -> a check of (config, workdir) that must pass before anything is written.
+WORKDIR_CHECKS = {
+    "pretrain": resume_check.check_pretrain_resume,
+    "export": export.target_dir,
 }
 
 
@@ -104,6 +110,8 @@ def main(argv):
   config_lib.validate(config, num_devices=jax.device_count(),
                       process_count=jax.process_count(),
                       min_image_size=models.min_image_size(config.model.cifar_stem))
+  if config.mode in WORKDIR_CHECKS:
+    WORKDIR_CHECKS[config.mode](config, FLAGS.workdir)
   log_setup(config)
   save_config(config, FLAGS.workdir)
   MODES[config.mode](config, FLAGS.workdir)

@@ -75,45 +75,35 @@ class Pretrained:
     return self.config.model
 
 
-def _is_step_dir(path: epath.Path) -> bool:
-  return path.name.isdigit() and (path / "state").is_dir() and (path / "meta").is_dir()
-
-
-def find_checkpoint(path: str) -> epath.Path:
-  """Resolves a workdir, its checkpoints dir or a step dir to a complete step dir.
-
-  Raises:
-    FileNotFoundError: nothing there, or no complete checkpoint (Orbax renames a step
-      directory to its number only once it is fully written).
-  """
-  if not path:
-    raise FileNotFoundError("config.init_from = '' is not allowed: expected a pretraining "
-                            "workdir, its checkpoints/ directory or a checkpoints/<step> "
-                            "directory")
-  root = epath.Path(path)
-  if not root.exists():
-    raise FileNotFoundError(f"config.init_from = {path!r} does not exist")
-  if _is_step_dir(root):
-    return root
-  ckpt_dir = epath.Path(checkpointing.checkpoint_dir(str(root)))
-  steps = sorted((p for p in ckpt_dir.iterdir() if _is_step_dir(p)),
-                 key=lambda p: int(p.name)) if ckpt_dir.is_dir() else []
-  if not steps:
-    raise FileNotFoundError(
-        f"config.init_from = {path!r} holds no complete checkpoint: expected a "
-        "pretraining workdir, its checkpoints/ directory or a checkpoints/<step> "
-        "directory with state/ and meta/")
-  return steps[-1]
-
-
 def load_pretrained(path: str) -> Pretrained:
   """Restores encoder + projection-head variables and the run's config from `path`.
 
   Only params and batch_stats are read (not the optimiser state), as host arrays;
-  the online probe ('classifier') is dropped.
+  the online probe ('classifier') is dropped. Given a workdir or checkpoints dir, a
+  checkpoint that does not restore is reported and the one before it is used.
   """
-  step_dir = find_checkpoint(path)
-  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+  candidates = checkpointing.find_checkpoints(path)
+  skipped = []
+  for step_dir in candidates:
+    try:
+      pretrained = _load_step(step_dir)
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged data
+      if len(candidates) == 1:
+        raise
+      skipped.append(f"step {step_dir.name}: {checkpointing.describe(e)}")
+      logging.warning("Pretraining checkpoint %s does not restore (%s); trying the one "
+                      "before it", step_dir, skipped[-1])
+      continue
+    if skipped:
+      logging.warning("Using pretraining checkpoint step %s; skipped %s", step_dir.name,
+                      "; ".join(skipped))
+    return pretrained
+  raise checkpointing.CheckpointError(f"no checkpoint of config.init_from = {path!r} "
+                                      f"restores ({'; '.join(skipped)})")
+
+
+def _load_step(step_dir: epath.Path) -> Pretrained:
+  meta = checkpointing.read_meta(step_dir)
   if not isinstance(meta, dict) or "config" not in meta:
     raise ValueError(f"checkpoint {step_dir} has no saved config in meta/: "
                      "not written by simclr_jax pretraining")

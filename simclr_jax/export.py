@@ -34,6 +34,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from simclr_jax import atomic_dir
+from simclr_jax import config_lib
 from simclr_jax import models
 
 FORMAT = "simclr_jax.export"
@@ -49,6 +51,10 @@ MODEL_FIELDS = ("depth", "width_multiplier", "cifar_stem", "dtype", "bn_momentum
 
 class ExportError(ValueError):
   """An export directory that is missing, unfinished, corrupt or of another format."""
+
+
+class ExportTargetError(config_lib.ConfigError):
+  """config.export.dir names something an export must not replace."""
 
 
 # ----------------------------------------------------------------------------------
@@ -126,21 +132,51 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def check_target(export_dir: str) -> None:
+  """Raises ExportTargetError unless `export_dir` is free to be (re)written: absent, an
+  empty directory, or an earlier export holding only the files its model.json lists."""
+  if not os.path.exists(export_dir):
+    return
+  if not os.path.isdir(export_dir):
+    raise ExportTargetError(f"config.export.dir = {export_dir!r} is not allowed: it is a "
+                            "file; expected a new or empty directory or an earlier export")
+  entries = sorted(os.listdir(export_dir))
+  if not entries:
+    return
+  try:
+    spec = read_spec(export_dir) if MODEL_JSON in entries else None
+  except ExportError:
+    spec = None
+  if spec is None:
+    raise ExportTargetError(
+        f"config.export.dir = {export_dir!r} is not allowed: a non-empty directory that is "
+        f"not a simclr_jax export (no valid {MODEL_JSON}), holding e.g. {entries[:3]}; "
+        "expected a new or empty directory or an earlier export, which is replaced")
+  extra = sorted(set(_files(export_dir)) - set(spec["sha256"]) - {MODEL_JSON})
+  if extra:
+    raise ExportTargetError(
+        f"config.export.dir = {export_dir!r} is not allowed: an earlier export with "
+        f"{len(extra)} file(s) it did not write, e.g. {extra[:3]}; move them out or choose "
+        "another directory")
+
+
 def write_export(pretrained, export_dir: str, *, image_size: int,
                  platforms=("cpu", "cuda", "tpu")) -> dict:
   """Writes all three artifacts of `pretrained` (evaluate.Pretrained) into `export_dir`.
 
-  An older export there is replaced. Everything goes to a sibling temporary directory
-  first, renamed into place once complete, so a run killed midway leaves no partial
-  export under `export_dir`.
+  `export_dir` must be new, empty or an earlier export (`check_target`), which is
+  replaced. Everything goes to a sibling temporary directory first, moved into place
+  once complete, so a run killed midway leaves the earlier export (or none) under
+  `export_dir`, and a failing one removes its temporary directory.
   Returns the model.json contents.
   """
   if jax.process_count() > 1:
     raise RuntimeError(f"export runs in a single process, got {jax.process_count()}")
+  export_dir = os.path.abspath(export_dir)
+  check_target(export_dir)
   model_spec = {k: pretrained.model_config[k] for k in MODEL_FIELDS}
   model = build_model(model_spec)
   variables = pretrained.variables
-  export_dir = os.path.abspath(export_dir)
   tmp = f"{export_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -151,30 +187,28 @@ def write_export(pretrained, export_dir: str, *, image_size: int,
                       os.path.join(tmp, SAVED_MODEL_DIR))
     write_jax_export(model, variables, image_size, platforms,
                      os.path.join(tmp, JAX_EXPORT_FILE))
-  except BaseException:
+    spec = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_spec,
+        "feature_dim": models.feature_dim(model_spec["depth"],
+                                          model_spec["width_multiplier"]),
+        "input": {"shape": ["batch", image_size, image_size, 3], "dtype": "float32",
+                  "range": [0.0, 1.0], "layout": "NHWC, RGB, no mean/std normalisation"},
+        "outputs": {"h": "encoder features (global average pool)",
+                    "z": "projection-head output (the contrastive space)"},
+        "platforms": list(platforms),
+        "pretrain_step": pretrained.step,
+        "source_checkpoint": pretrained.path,
+        "artifacts": {"variables": VARIABLES_DIR, "saved_model": SAVED_MODEL_DIR,
+                      "jax_export": JAX_EXPORT_FILE},
+        "sha256": {name: _sha256(os.path.join(tmp, name)) for name in _files(tmp)},
+    }
+    with open(os.path.join(tmp, MODEL_JSON), "w") as f:
+      json.dump(spec, f, indent=2)
+    atomic_dir.move_into_place(tmp, export_dir)
+  finally:
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  spec = {
-      "format": FORMAT,
-      "version": VERSION,
-      "model": model_spec,
-      "feature_dim": models.feature_dim(model_spec["depth"], model_spec["width_multiplier"]),
-      "input": {"shape": ["batch", image_size, image_size, 3], "dtype": "float32",
-                "range": [0.0, 1.0], "layout": "NHWC, RGB, no mean/std normalisation"},
-      "outputs": {"h": "encoder features (global average pool)",
-                  "z": "projection-head output (the contrastive space)"},
-      "platforms": list(platforms),
-      "pretrain_step": pretrained.step,
-      "source_checkpoint": pretrained.path,
-      "artifacts": {"variables": VARIABLES_DIR, "saved_model": SAVED_MODEL_DIR,
-                    "jax_export": JAX_EXPORT_FILE},
-      "sha256": {name: _sha256(os.path.join(tmp, name)) for name in _files(tmp)},
-  }
-  with open(os.path.join(tmp, MODEL_JSON), "w") as f:
-    json.dump(spec, f, indent=2)
-  if os.path.exists(export_dir):
-    shutil.rmtree(export_dir)
-  os.rename(tmp, export_dir)
   logging.info("Exported step %d to %s in %.1f s", pretrained.step, export_dir,
                time.time() - t0)
   return spec
@@ -310,16 +344,27 @@ def verify_export(export_dir: str, model, variables: dict, image_size: int,
           for name, out in got.items() for k in out}
 
 
+def target_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The export mode's directory, checked before anything is written (`check_target`);
+  the workdir itself is refused: it holds the run's config and metrics."""
+  export_dir = os.path.abspath(config.export.dir or os.path.join(workdir, "export"))
+  if os.path.abspath(workdir) == export_dir:
+    raise ExportTargetError(f"config.export.dir = {config.export.dir!r} is not allowed: it "
+                            "is the workdir; expected a directory of its own")
+  check_target(export_dir)
+  return export_dir
+
+
 def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The `export` mode: writes <workdir>/export (or config.export.dir) and checks it."""
   # Imported here: loading an export must need neither the input pipeline nor the
   # metric writers.
   from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from simclr_jax import metric_log  # pylint: disable=g-import-not-at-top
+  export_dir = target_dir(config, workdir)
   pretrained = evaluate.load_pretrained(evaluate.init_from(config, workdir))
   image_size = (config.export.image_size if config.export.image_size > 0
                 else pretrained.config.data.image_size)
-  export_dir = config.export.dir or os.path.join(workdir, "export")
   spec = write_export(pretrained, export_dir, image_size=image_size,
                       platforms=tuple(config.export.platforms))
   model = build_model(spec["model"])
@@ -327,7 +372,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results.update(export_image_size=image_size, pretrain_step=pretrained.step)
   log = metric_log.MetricLog(workdir)
   try:
-    log.write(pretrained.step, {**results, "export_dir": os.path.abspath(export_dir)})
+    log.write(pretrained.step, {**results, "export_dir": export_dir})
   finally:
     log.close()
   print(metric_log.format_table(results, title=f"Exported to {export_dir}: relative error "

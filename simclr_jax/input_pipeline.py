@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr_jax import augment as aug
+from simclr_jax import image_check
 
 aug.hide_accelerators()
 
@@ -66,6 +67,11 @@ class Source:
               seed: int) -> tf.data.Dataset:
     """Shard (index, count) of `split` as (encoded string, int32 label) records."""
     raise NotImplementedError
+
+  def class_counts(self, split: str) -> np.ndarray | None:
+    """Examples per class of `split` when known without reading it (else None)."""
+    del split
+    return None
 
   def decode(self, record: tf.Tensor, label: tf.Tensor):
     """A record of a fixed-size source as (uint8 [H, W, 3], label)."""
@@ -160,8 +166,8 @@ class FolderSource(Source):
   otherwise the class subfolders are directly under root and a fixed-seed split holds
   out FOLDER_TEST_FRACTION of each class (at least one image of a class with two or
   more) as "test", the rest being "train". Classes are the sorted subfolder names.
-  Files that are not images (checked by their first bytes) are skipped and counted in
-  one warning; images that fail to decode later are skipped by tf.data.
+  Files that are not images (checked by their first bytes) or do not decode (each is
+  decoded once, `image_check`) are skipped and counted in one warning.
   """
 
   def __init__(self, root: str):
@@ -200,6 +206,11 @@ class FolderSource(Source):
             labels.append(label)
           else:
             bad.append(path)
+    damaged = set(image_check.undecodable(files))
+    if damaged:
+      labels = [y for f, y in zip(files, labels) if f not in damaged]
+      files = [f for f in files if f not in damaged]
+      bad = sorted(bad + list(damaged))
     if bad:
       logging.warning("dataset folder %s: skipped %d file(s) that are not decodable "
                       "images (JPEG, PNG, GIF, BMP), e.g. %s", folder, len(bad), bad[:5])
@@ -216,6 +227,9 @@ class FolderSource(Source):
 
   def num_examples(self, split):
     return len(self._split(split)[0])
+
+  def class_counts(self, split):
+    return np.bincount(self._split(split)[1], minlength=self.num_classes)
 
   def records(self, split, shard, *, shuffle_files, seed):
     del shuffle_files, seed  # the epoch shuffle covers a file list completely

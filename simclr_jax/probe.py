@@ -74,17 +74,21 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
 
 
 def probe_accuracies(train: tuple, test: tuple, *, shots: int, draws: int) -> dict[str, float]:
-  """{"top1": all-label accuracy, "few_shot_top1": mean over `draws` seeded k-shot draws}."""
+  """{"top1": all-label accuracy, "few_shot_top1": mean over `draws` seeded k-shot
+  draws (absent when shots == 0)}."""
   (train_x, train_y), (test_x, test_y) = train, test
-  few = [fit_and_score(train_x[i], train_y[i], test_x, test_y)
-         for i in (few_shot_indices(train_y, shots, seed) for seed in range(draws))]
-  return {"top1": fit_and_score(train_x, train_y, test_x, test_y),
-          "few_shot_top1": float(np.mean(few))}
+  results = {"top1": fit_and_score(train_x, train_y, test_x, test_y)}
+  if shots > 0:
+    results["few_shot_top1"] = float(np.mean([
+        fit_and_score(train_x[i], train_y[i], test_x, test_y)
+        for i in (few_shot_indices(train_y, shots, seed) for seed in range(draws))]))
+  return results
 
 
 def probe_encoder(model, variables: dict, train_batches: Any, test_batches: Any, *,
                   shots: int, draws: int) -> dict[str, float]:
-  """Recomputes BN statistics on the train images, then runs both probes.
+  """Recomputes BN statistics on the train images, then runs both probes (the few-shot
+  one unless shots == 0).
 
   `train_batches` / `test_batches` are callables returning fresh iterables of
   {"image", "label", "mask"} batches (no augmentation).

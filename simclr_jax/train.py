@@ -1,8 +1,10 @@
 """Pretraining mode: the loop around the SimCLR step, with checkpoints and metrics.
 
-`pretrain(config, workdir)` resumes from the latest complete checkpoint in `workdir`
-(train state, step = data position, RNG), so re-running an interrupted command
-continues exactly where it stopped.
+`pretrain(config, workdir)` resumes from the newest checkpoint in `workdir` that
+restores (train state, step = data position, RNG), so re-running an interrupted
+command continues exactly where it stopped. A step's checkpoint is written before its
+evaluations, and a failing evaluation (online probe, kNN monitor, final probes) is
+logged without stopping the run.
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import probe
+from simclr_jax import small_data
 from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
 from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
@@ -45,6 +48,7 @@ class Run:
   schedule: Callable
   steps_per_epoch: int
   total_steps: int
+  plan: small_data.Plan  # the evaluations the dataset allows
 
 
 def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
@@ -59,32 +63,36 @@ def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
 def build_run(config, workdir: str) -> Run:
   data_dir = input_pipeline.default_data_dir(config, workdir)
   info = input_pipeline.dataset_info(config, data_dir=data_dir)
+  plan = small_data.plan(config, input_pipeline.get_source(config, data_dir))
   steps_per_epoch, total_steps = plan_steps(config, info.num_train_examples)
   model = models.create_model(
       config.model, num_classes=info.num_classes if config.model.online_probe else 0,
       axis_name=AXIS if config.model.global_bn else None)
   tx, schedule = ts.create_optimizer(config, info.num_train_examples, total_steps)
   return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
-             steps_per_epoch, total_steps)
+             steps_per_epoch, total_steps, plan)
 
 
 def init_or_restore(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
-  """A fresh replicated state, or the latest checkpoint's when there is one."""
+  """A fresh replicated state, or that of the newest checkpoint that restores."""
   rng = jax.random.PRNGKey(run.config.seed)
   state = ts.create_train_state(rng, run.model, run.tx, run.config.data.image_size)
   state = ts.replicate(state, run.mesh)
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(checkpointing.abstract_like(state))
+  restored = ckpt.restore_newest_readable(checkpointing.abstract_like(state))
+  if restored is not None:
+    state, _ = restored
     logging.info("Resumed from step %d (%s)", int(state.step), ckpt.directory)
   return state
 
 
 def make_eval_step(model, mesh) -> Callable:
-  """Online-probe top-1/top-5 counts over a masked global eval batch."""
+  """Online-probe top-1/top-5 counts over a masked global eval batch (top-5 capped at
+  the class count)."""
   def step(state: TrainState, batch):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits = model.apply(variables, batch["image"], train=False)["logits"]
-    top5 = jax.lax.top_k(logits, 5)[1] == batch["label"][:, None]
+    k = min(small_data.TOP5, logits.shape[-1])
+    top5 = jax.lax.top_k(logits, k)[1] == batch["label"][:, None]
     mask = batch["mask"].astype(jnp.float32)
     counts = {"top1": jnp.sum((top5[:, 0]) * mask), "top5": jnp.sum(top5.any(-1) * mask),
               "count": jnp.sum(mask)}
@@ -100,14 +108,35 @@ def evaluate_probe(run: Run, eval_step, state: TrainState) -> dict[str, float]:
     counts = jax.device_get(eval_step(state, ts.shard_batch(batch, run.mesh)))
     totals = {k: totals[k] + float(counts[k]) for k in totals}
   n = max(totals["count"], 1.0)
-  return {"eval_probe_top1": totals["top1"] / n, "eval_probe_top5": totals["top5"] / n}
+  results = {"eval_probe_top1": totals["top1"] / n, "eval_probe_top5": totals["top5"] / n}
+  if not run.plan.top5:
+    del results["eval_probe_top5"]
+  return results
 
 
-def check_finite(step: int, metrics: dict) -> None:
+def check_finite(step: int, metrics: dict, ckpt: checkpointing.Checkpointer) -> None:
+  """Raises NonFiniteError naming the step and the checkpoint a rerun resumes from."""
   for name in ("loss", "grad_norm", "param_norm"):
     if not np.isfinite(metrics[name]):
-      raise NonFiniteError(f"non-finite {name} = {metrics[name]} at step {step}; the last "
-                           "checkpoint was kept as the latest one")
+      latest = ckpt.latest_step()
+      on_disk = (f"no checkpoint was written to {ckpt.directory}; rerunning starts from "
+                 "step 0" if latest is None else
+                 f"the latest checkpoint is step {latest} in {ckpt.directory}; rerunning "
+                 "resumes from it")
+      raise NonFiniteError(f"non-finite {name} = {metrics[name]} at step {step}: "
+                           f"{on_disk}")
+
+
+def evaluate_safely(what: str, step: int, evaluate: Callable[[], dict],
+                    log: metric_log.MetricLog) -> None:
+  """Logs `evaluate()` at `step`; a failure is reported and the run goes on."""
+  try:
+    log.write(step, evaluate())
+  except Exception as e:  # an evaluation never stops pretraining
+    logging.error("%s at step %d failed (%s); pretraining goes on and its checkpoints are "
+                  "kept (--verbosity=1 shows the traceback)", what, step,
+                  checkpointing.describe(e))
+    logging.debug("%s failed", what, exc_info=True)
 
 
 class Throughput:
@@ -136,7 +165,9 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config,
                                                 grad_fn=grad_fn),
                                 run.mesh)
-  eval_step = make_eval_step(run.model, run.mesh) if config.model.online_probe else None
+  eval_step = (make_eval_step(run.model, run.mesh)
+               if config.model.online_probe and run.plan.eval_split else None)
+  knn_every = config.knn_every_steps if run.plan.eval_split else 0
   batches = input_pipeline.create_pretrain_dataset(
       config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
   meta = checkpointing.config_meta(config)
@@ -149,20 +180,23 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
       if step % config.log_every_steps == 0 or last:
         summary = metric_log.mean_metrics(window)
         window = []
-        check_finite(step, summary)
+        check_finite(step, summary, ckpt)
         summary.update(rate(step), epoch=step / run.steps_per_epoch)
         log.write(step, summary)  # also logged to the console by clu
-      if eval_step is not None and (step % config.eval_every_steps == 0 or last):
-        log.write(step, evaluate_probe(run, eval_step, state))
-      # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
-      if config.knn_every_steps > 0 and (step % config.knn_every_steps == 0 or last):
-        log.write(step, knn.monitor(run, state))
       if ckpt.save_if_due(  # never checkpoint a broken state
           step, state, meta, every=config.checkpoint_every_steps, last=last,
           preempted=preempted,
-          before_save=lambda: check_finite(step, metric_log.mean_metrics([metrics]))):
-        logging.warning("Preempted: saved step %d, exiting.", step)
+          before_save=lambda: check_finite(step, metric_log.mean_metrics([metrics]), ckpt)):
+        logging.warning("Stopped by a signal: saved step %d, exiting; the same command "
+                        "resumes.", step)
         break
+      # Evaluations come after the step's checkpoint: a failing one loses no training.
+      if eval_step is not None and (step % config.eval_every_steps == 0 or last):
+        evaluate_safely("Online-probe evaluation", step,
+                        lambda: evaluate_probe(run, eval_step, state), log)
+      # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
+      if knn_every > 0 and (step % knn_every == 0 or last):
+        evaluate_safely("kNN monitor", step, lambda: knn.monitor(run, state), log)
   return state
 
 
@@ -173,6 +207,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
   when it stopped early on a preemption signal, after saving).
   """
   run = build_run(config, workdir)
+  small_data.report(run.plan)
   logging.info("Pretraining %d steps (%d per epoch), global batch %d over %d devices",
                run.total_steps, run.steps_per_epoch, config.batch_size, jax.device_count())
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -188,14 +223,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
 
 
 def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
-  """Linear probes of the pretrained encoder and of a randomly initialised one."""
+  """Linear probes of the pretrained encoder and of a randomly initialised one (the
+  few-shot one only where every class has probe.shots training images)."""
   run = build_run(config, workdir)
+  if not run.plan.probes:
+    return {}
   def batches(split):
     return lambda: input_pipeline.create_eval_dataset(
         config, data_dir=run.data_dir, split=split).as_numpy_iterator()
   kwargs = dict(train_batches=batches(config.train_split),
                 test_batches=batches(config.eval_split),
-                shots=config.probe.shots, draws=config.probe.draws)
+                shots=config.probe.shots if run.plan.few_shot else 0,
+                draws=config.probe.draws)
   results = {}
   trained = {"params": state.params, "batch_stats": state.batch_stats}
   random_init = ts.create_train_state(jax.random.PRNGKey(config.seed + 1), run.model, run.tx,
@@ -207,7 +246,8 @@ def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
   for prefix, variables in encoders:
     acc = probe.probe_encoder(run.model, variables, **kwargs)
     results[f"{prefix}linear_probe_top1"] = acc["top1"]
-    results[f"{prefix}linear_probe_{config.probe.shots}shot_top1"] = acc["few_shot_top1"]
+    if "few_shot_top1" in acc:
+      results[f"{prefix}linear_probe_{config.probe.shots}shot_top1"] = acc["few_shot_top1"]
   return results
 
 
@@ -217,7 +257,16 @@ def pretrain_and_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, completed = pretrain(config, workdir)
   if not (completed and config.probe.final):
     return {}
-  results = final_probes(config, workdir, state)
+  try:
+    results = final_probes(config, workdir, state)
+  except Exception as e:  # the pretraining is complete and saved: report, don't crash
+    logging.error("The final linear probes failed (%s); the pretraining is complete and "
+                  "its checkpoint kept (--verbosity=1 shows the traceback)",
+                  checkpointing.describe(e))
+    logging.debug("final probes failed", exc_info=True)
+    return {}
+  if not results:
+    return {}
   results["wall_minutes"] = (time.time() - start) / 60
   log = metric_log.MetricLog(workdir)
   log.write(int(state.step), results)

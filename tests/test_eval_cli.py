@@ -4,6 +4,7 @@ a `python main.py` run whose figures land in metrics.jsonl."""
 
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -140,6 +141,25 @@ def test_export(pretrained, tmp_path):
   assert len(diffs) == 5 and max(diffs) < 1e-5
   assert sorted(os.listdir(export_dir)) == ["encoder.jax_export", "model.json",
                                             "saved_model", "variables"]
+
+
+def test_export_into_the_pretraining_workdir_is_refused(pretrained, tmp_path):
+  """`--config.export.dir` = the workdir used to delete the run's checkpoints, config and
+  data before writing the export: now refused before anything is written."""
+  workdir = str(tmp_path / "pretrain")
+  shutil.copytree(pretrained, workdir)
+
+  def contents():
+    return sorted((os.path.relpath(os.path.join(d, f), workdir), os.path.getsize(
+        os.path.join(d, f))) for d, _, names in os.walk(workdir) for f in names)
+  before = contents()
+  proc = cli.run_main("configs/digits.py", workdir, *cli.TINY, "--config.mode=export",
+                      f"--config.export.dir={workdir}", check=False, timeout=300)
+  assert proc.returncode != 0
+  assert (f"config.export.dir = '{workdir}' is not allowed: it is the workdir"
+          in proc.stderr), proc.stderr[-3000:]
+  assert contents() == before
+  assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
 def test_missing_checkpoint_fails_clearly(tmp_path):

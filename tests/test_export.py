@@ -183,3 +183,47 @@ def test_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch):
     export.write_export(pretrained, export_dir, image_size=IMAGE_SIZE, platforms=("cpu",))
   assert export.read_spec(export_dir, "jax_export")["sha256"] == before
   assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary directory left behind
+
+
+def _snapshot(root):
+  return {name: export._sha256(os.path.join(root, name)) for name in export._files(root)}
+
+
+def test_export_refuses_a_directory_it_did_not_write(exported, tmp_path):
+  """A pretraining workdir, a user's folder, an export with a user's file in it, a file,
+  the workdir itself: refused before anything is read or written, left as they were."""
+  _, _, _, workdir, config = exported
+  user_dir = tmp_path / "mine"
+  os.makedirs(user_dir / "sub")
+  (user_dir / "sub" / "notes.txt").write_text("keep me")
+  annotated = str(tmp_path / "annotated")
+  shutil.copytree(exported[0], annotated)
+  with open(os.path.join(annotated, "README"), "w") as f:
+    f.write("mine")
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  cases = {config.init_from: "not a simclr_jax export", str(user_dir): "not a simclr_jax "
+           "export", annotated: r"1 file\(s\) it did not write, e.g. \['README'\]",
+           str(a_file): "it is a file"}
+  for path, message in cases.items():
+    before = _snapshot(path) if os.path.isdir(path) else a_file.read_text()
+    config.export.dir = path
+    with pytest.raises(export.ExportTargetError,
+                       match=f"config.export.dir = '{path}' is not allowed: .*{message}"):
+      export.target_dir(config, str(tmp_path / "run"))
+    assert (_snapshot(path) if os.path.isdir(path) else a_file.read_text()) == before
+  config.export.dir = workdir
+  with pytest.raises(export.ExportTargetError, match="it is the workdir"):
+    export.target_dir(config, workdir)
+  config.export.dir = ""
+  assert sorted(os.listdir(tmp_path)) == ["annotated", "file", "mine"]
+
+
+def test_export_replaces_an_earlier_export(exported, tmp_path):
+  export_dir = str(tmp_path / "exp")
+  shutil.copytree(exported[0], export_dir)
+  pretrained = evaluate.load_pretrained(exported[4].init_from)
+  spec = export.write_export(pretrained, export_dir, image_size=24, platforms=("cpu",))
+  assert export.read_spec(export_dir, "jax_export")["input"]["shape"][1] == 24
+  assert spec["platforms"] == ["cpu"]
+  assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary or old directory left

@@ -1,5 +1,6 @@
-"""Checkpoints from the command line: exact resume after SIGKILL, partial checkpoints,
-SIGTERM, and non-finite losses. End-to-end on the offline digits dataset."""
+"""Checkpoints from the command line: exact resume after SIGKILL, partial and unreadable
+checkpoints, SIGTERM and Ctrl-C, non-finite losses, and a workdir resumed with another
+model. End-to-end on the offline digits dataset."""
 
 import glob
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from simclr_jax import checkpointing
 from tests import cli
+from tests.test_run_safety import damage
 
 pytestmark = pytest.mark.slow
 
@@ -97,33 +99,63 @@ def test_partial_checkpoint_is_ignored(straight_run, tmp_path):
   assert_same_params(params, expected)
 
 
-def test_sigterm_saves_and_exits_cleanly(straight_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(straight_run, tmp_path, sig):
   workdir = str(tmp_path / "preempted")
   shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
   many = (*RUN[:-4], "--config.num_train_steps=400", "--config.log_every_steps=1",
           "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000")
   proc = cli.start_main("configs/digits.py", workdir, *many)
   cli.wait_for_step(workdir, 3, proc)
-  assert cli.kill(proc, signal.SIGTERM) == 0
+  assert cli.kill(proc, sig) == 0
   step, _ = final_params(workdir)
   assert 3 <= step < 400  # saved where it stopped, not at a checkpoint interval
+  assert f"saved step {step}, exiting" in proc.stdout.read()
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(straight_run, tmp_path):
-  """Resumes a good run with an exploding learning rate: the first non-finite step stops
-  the run with an error naming it, and the latest checkpoint stays the good one."""
+def test_unreadable_checkpoint_is_skipped_and_non_finite_loss_keeps_the_good_one(
+    straight_run, tmp_path):
+  """Resumes a good run whose latest checkpoint is damaged, with an exploding learning
+  rate: the damaged one is skipped (and kept aside), the first non-finite step stops the
+  run with an error naming it and the checkpoint on disk, which stays the good one."""
   workdir = str(tmp_path / "nan")
   shutil.copytree(straight_run, workdir)
-  for step in (STEPS, STEPS - 2):
-    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
-  good_step, good_params = final_params(workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  shutil.rmtree(os.path.join(ckpts, str(STEPS)))
+  damaged, good_step = STEPS - 2, STEPS - 4
+  damage(os.path.join(ckpts, str(damaged)))
+  _, good_params = final_params(workdir, good_step)
   proc = cli.run_main("configs/digits.py", workdir, *RUN, "--config.optim.base_lr=1e30",
                       "--config.checkpoint_every_steps=1", check=False)
   assert proc.returncode != 0
-  assert f"at step {good_step + 1}" in proc.stderr and "non-finite" in proc.stderr
+  assert (f"Checkpoint step {damaged} in {ckpts} does not restore" in proc.stderr
+          and f"Resumed from step {good_step}" in proc.stderr), proc.stderr[-3000:]
+  assert (f"at step {good_step + 1}: the latest checkpoint is step {good_step} in {ckpts}"
+          in proc.stderr), proc.stderr[-3000:]
+  assert sorted(os.listdir(ckpts)) == [str(s) for s in range(2, good_step + 1, 2)] + [
+      f"{damaged}.unreadable"]
   step, params = final_params(workdir)
   assert step == good_step
   assert_same_params(params, good_params)
+
+
+def test_resume_with_another_model_is_refused_before_writing(straight_run, tmp_path):
+  workdir = str(tmp_path / "other_model")
+  shutil.copytree(straight_run, workdir)
+  before = {f: open(os.path.join(workdir, f), "rb").read()
+            for f in ("config_pretrain.json", "metrics.jsonl")}
+  proc = cli.run_main("configs/digits.py", workdir, *RUN,
+                      "--config.model.width_multiplier=0.25", "--config.model.depth=34",
+                      check=False, timeout=300)
+  assert proc.returncode != 0
+  assert (f"checkpoint has model.depth = 18, this run 34; model.width_multiplier = 0.125, "
+          "this run 0.25" in proc.stderr), proc.stderr[-3000:]
+  assert "Event loop is closed" not in proc.stderr
+  for f, data in before.items():
+    assert open(os.path.join(workdir, f), "rb").read() == data, f
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+      os.listdir(os.path.join(straight_run, "checkpoints")))
 
 
 def test_save_if_due_saves_on_cadence_last_step_and_preemption(tmp_path):
