@@ -568,7 +568,8 @@ class FinetuneNet(nn.Module):
     bn = dict(bn_momentum=mc["bn_momentum"], bn_epsilon=mc["bn_epsilon"],
               axis_name=self.axis_name)
     y = ResNet(depth=mc["depth"], width_multiplier=mc["width_multiplier"],
-               cifar_stem=mc["cifar_stem"], dtype=dtype, name="encoder", **bn)(x, train)
+               cifar_stem=mc["cifar_stem"], sk_ratio=mc.get("sk_ratio", 0.0),
+               se_ratio=mc.get("se_ratio", 0.0), dtype=dtype, name="encoder", **bn)(x, train)
     if self.head_layers > 0:
       y = ProjectionHead(mode=mc["head_mode"], num_layers=mc["head_num_layers"],
                          out_dim=mc["proj_dim"], dtype=dtype, layers=self.head_layers,

@@ -26,7 +26,9 @@ class SimCLRModel(nn.Module):
   the encoder's gradients.
 
   Attributes: see ResNet and ProjectionHead; proj_dim is the head's out_dim,
-  num_classes the probe's output size (0 = no probe).
+  num_classes the probe's output size (0 = no probe), classifier_input the head
+  layer whose output the classifier reads (0 = h; an imported fine-tuned SimCLR v2
+  checkpoint's supervised head reads layer 1).
   """
   depth: int
   width_multiplier: float = 1.0
@@ -39,6 +41,9 @@ class SimCLRModel(nn.Module):
   head_num_layers: int = 2
   proj_dim: int = 128
   num_classes: int = 0
+  sk_ratio: float = 0.0
+  se_ratio: float = 0.0
+  classifier_input: int = 0
 
   def __post_init__(self):
     # Submodules are built lazily in setup(); check their fields now for an early error.
@@ -49,13 +54,19 @@ class SimCLRModel(nn.Module):
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
         or self.num_classes < 0:
       raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}.")
+    layers = ProjectionHead(self.head_mode, self.head_num_layers, self.proj_dim).total_layers
+    if (isinstance(self.classifier_input, bool) or not isinstance(self.classifier_input, int)
+        or not 0 <= self.classifier_input <= layers):
+      raise ValueError(f"classifier_input must be an int in [0, {layers}] (the head's "
+                       f"layers), got {self.classifier_input!r}.")
     super().__post_init__()
 
   def setup(self):
     self.encoder = ResNet(
         depth=self.depth, width_multiplier=self.width_multiplier,
         cifar_stem=self.cifar_stem, dtype=self.dtype, bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon, axis_name=self.axis_name)
+        bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, sk_ratio=self.sk_ratio,
+        se_ratio=self.se_ratio)
     self.head = ProjectionHead(
         mode=self.head_mode, num_layers=self.head_num_layers, out_dim=self.proj_dim,
         dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
@@ -76,10 +87,28 @@ class SimCLRModel(nn.Module):
        'logits': [B, num_classes] float32}.
     """
     h = self.encoder(x, train)
-    out = {"h": h, "z": self.head(h, train)}
+    z, hiddens = self.head(h, train, return_hidden=True)
+    out = {"h": h, "z": z}
     if self.num_classes > 0:
-      out["logits"] = self.classifier(jax.lax.stop_gradient(h))
+      out["logits"] = self.classifier(jax.lax.stop_gradient(hiddens[self.classifier_input]))
     return out
+
+  def endpoints(self, x: Array) -> dict[str, Array]:
+    """Inference outputs (float32), named as the official TF-Hub module's signature.
+
+    {'h', 'z', 'initial_conv' (the stem's last conv, before BN), 'initial_max_pool'
+    (the stem's output), 'block_group1'..'block_group4', 'final_avg_pool' (= h),
+    'proj_head_output' (= z) and, when num_classes > 0, 'logits_sup'}.
+    """
+    h, inter = self.encoder(x, False, return_intermediates=True)
+    z, hiddens = self.head(h, False, return_hidden=True)
+    out = {"h": h, "z": z, "initial_conv": inter["stem_conv"],
+           "initial_max_pool": inter["stem"],
+           **{f"block_group{i}": inter[f"block{i}"] for i in range(1, 5)},
+           "final_avg_pool": h, "proj_head_output": z}
+    if self.num_classes > 0:
+      out["logits_sup"] = self.classifier(hiddens[self.classifier_input])
+    return {k: v.astype(jnp.float32) for k, v in out.items()}
 
   def encode(self, x: Array, train: bool) -> Array:
     """h: [B, C] float32 only (use with model.apply(..., method='encode'))."""
@@ -111,4 +140,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
       head_mode=model_config.head_mode,
       head_num_layers=model_config.head_num_layers,
       proj_dim=model_config.proj_dim,
-      num_classes=num_classes)
+      num_classes=num_classes,
+      # Configs saved before these fields existed lack them.
+      sk_ratio=model_config.get("sk_ratio", 0.0),
+      se_ratio=model_config.get("se_ratio", 0.0),
+      classifier_input=model_config.get("classifier_input", 0))
