@@ -19,6 +19,7 @@ Protocols (Chen et al. 2020, Appendix B.5/B.6, official code):
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -107,9 +108,13 @@ def find_checkpoint(path: str) -> epath.Path:
 def load_pretrained(path: str) -> Pretrained:
   """Restores encoder + projection-head variables and the run's config from `path`.
 
+  `path` is a pretraining checkpoint (see find_checkpoint) or an export directory
+  (mode=export, or an official checkpoint imported by `python -m simclr_jax.convert`).
   Only params and batch_stats are read (not the optimiser state), as host arrays;
-  the online probe ('classifier') is dropped.
+  the online probe or imported supervised head ('classifier') is dropped.
   """
+  if path and os.path.isfile(os.path.join(path, "model.json")):
+    return _load_export(path)
   step_dir = find_checkpoint(path)
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
   if not isinstance(meta, dict) or "config" not in meta:
@@ -127,6 +132,19 @@ def load_pretrained(path: str) -> Pretrained:
   logging.info("Loaded pretrained encoder from %s (step %s)", step_dir, step_dir.name)
   return Pretrained(path=str(step_dir), step=int(step_dir.name), config=config,
                     variables=variables)
+
+
+def _load_export(path: str) -> Pretrained:
+  from simclr_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  _, variables, spec = export_lib.load_variables(path)
+  model = {k: v for k, v in export_lib.model_spec_of(spec["model"]).items()
+           if k not in ("num_classes", "classifier_input")}
+  config = ConfigDict({"model": model, "data": {"image_size": spec["input"]["shape"][1]}})
+  variables = {kind: {k: v for k, v in tree.items() if k != "classifier"}
+               for kind, tree in variables.items()}
+  logging.info("Loaded pretrained encoder from export %s", spec["path"])
+  return Pretrained(path=spec["path"], step=int(spec.get("pretrain_step") or 0),
+                    config=config, variables=variables)
 
 
 def init_from(config: ConfigDict, workdir: str) -> str:
