@@ -34,14 +34,14 @@ class Arch:
 
   @property
   def bottleneck(self) -> bool:
-    return resnet._ARCHS[self.depth][0] == "bottleneck"  # pylint: disable=protected-access
+    return resnet.block_layout(self.depth)[0] == "bottleneck"
 
   def describe(self) -> str:
     return (f"ResNet-{self.depth}{' SK' if self.sk else ''}{' SE' if self.se else ''}, "
             f"{'CIFAR' if self.cifar_stem else 'ImageNet'} stem")
 
 
-class _Namer:
+class Namer:
   """Hands out the official names in creation order and records the slots."""
 
   def __init__(self):
@@ -76,16 +76,16 @@ def bn_slots(module: tuple[str, ...], tf_name: str, beta: bool) -> list[Slot]:
   return slots
 
 
-def encoder_slots(arch: Arch) -> _Namer:
+def encoder_slots(arch: Arch) -> Namer:
   """Replays resnet_v1_generator's variable creation for `arch`."""
-  n = _Namer()
+  n = Namer()
   if arch.cifar_stem or not arch.sk:
     n.conv("stem_conv")
   else:  # ResNet-D stem
     n.conv("stem_conv_a"), n.bn("stem_bn_a"), n.conv("stem_conv_b"), n.bn("stem_bn_b")
     n.conv("stem_conv")
   n.bn("stem_bn")
-  for stage, num_blocks in enumerate(resnet._ARCHS[arch.depth][1], start=1):  # pylint: disable=protected-access
+  for stage, num_blocks in enumerate(resnet.block_layout(arch.depth)[1], start=1):
     for i in range(num_blocks):
       block = f"block{stage}_{i}"
       if i == 0:
@@ -131,5 +131,5 @@ def head_slots(mode: str, num_layers: int) -> list[Slot]:
   return slots
 
 
-SUPERVISED_SLOTS = [(("params", "classifier", "kernel"), f"{SUPERVISED}/linear_layer/dense/kernel"),
-                    (("params", "classifier", "bias"), f"{SUPERVISED}/linear_layer/dense/bias")]
+SUPERVISED_SLOTS = [(("params", "classifier", leaf), f"{SUPERVISED}/linear_layer/dense/{leaf}")
+                    for leaf in ("kernel", "bias")]

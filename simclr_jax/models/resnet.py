@@ -44,6 +44,12 @@ def check_depth(depth: int) -> None:
     raise ValueError(f"ResNet depth must be one of {SUPPORTED_DEPTHS}, got {depth!r}.")
 
 
+def block_layout(depth: int) -> tuple[str, tuple[int, ...]]:
+  """("basic" | "bottleneck", blocks per stage) of a supported depth."""
+  check_depth(depth)
+  return _ARCHS[depth]
+
+
 def check_width_multiplier(width_multiplier: float) -> None:
   """Raises ValueError unless `width_multiplier` is a finite number > 0."""
   if (isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float))
