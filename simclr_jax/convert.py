@@ -283,7 +283,7 @@ def main(argv=None) -> int:
   for key, err in errors.items():  # export_<artifact>_rel_err_<output>
     artifact = key[len("export_"):].split("_rel_err_")[0]
     worst[artifact] = max(worst.get(artifact, 0.0), err)
-  print("Reloaded artifacts, max relative error over all outputs: "
+  print("Reloaded artifacts, max relative error of h, z, logits_sup: "
         + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items())))
   return 0
 
