@@ -216,5 +216,5 @@ def test_cli_writes_an_export_that_loads_serves_and_finetunes(tmp_path):
   variables = evaluate.finetune_variables(net, pre.variables, 32, seed=0)
   _, imported, _ = export.load_variables(str(out))
   variables["params"]["classifier"] = imported["params"]["classifier"]
-  logits = net.apply(variables, images, train=False)
+  logits = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, images)
   assert_close(np.asarray(logits), ref["ema_logits_sup"], "fine-tuning network")
