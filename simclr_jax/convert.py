@@ -1,7 +1,7 @@
 """Imports an official SimCLR TF1 checkpoint (v1 or v2) as an export directory.
 
   python -m simclr_jax.convert --checkpoint=PATH --out=DIR [--ema] [--image_size=224]
-      [--sup_input=0] [--platforms=cpu,cuda,tpu]
+      [--ft_proj_selector=0] [--platforms=cpu,cuda,tpu]
 
 PATH is a checkpoint prefix (`.../model.ckpt-250228`) or a directory whose `checkpoint`
 file names one. The checkpoint is read with `tf.train.load_checkpoint` alone; depth,
@@ -15,8 +15,9 @@ variable are left out and listed in model.json ("source").
 DIR gets this project's export format (export.py; model.json, variables/, saved_model/,
 encoder.jax_export): usable as `init_from` of linear_eval, finetune, knn and export, and
 by `export.load_encoder`. The supervised head, when present, gives the "logits_sup"
-output; `--sup_input` is the projection-head layer it reads (0 = h, as in the pretrained
-and supervised checkpoints; SimCLR v2 fine-tuned from layer 1).
+output; `--ft_proj_selector` (the official flag's meaning) is the projection-head layer it
+reads: 0 = h, as in the pretrained and supervised checkpoints; SimCLR v2 fine-tunes from
+layer 1.
 """
 
 import argparse
@@ -104,7 +105,7 @@ def _arch(base: dict[str, tuple]) -> tuple[layout.Arch, layout.Namer]:
       f" and not use {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
 
 
-def infer_model(shapes: dict[str, tuple], prefix: str, sup_input: int):
+def infer_model(shapes: dict[str, tuple], prefix: str, ft_proj_selector: int):
   """(model spec for model.json, slots) of the variables named `prefix` + scope/...
 
   Raises ConvertError when a variable of the three scopes is missing, unexpected or of
@@ -146,7 +147,7 @@ def infer_model(shapes: dict[str, tuple], prefix: str, sup_input: int):
           "dtype": "float32", "bn_momentum": 0.9, "bn_epsilon": 1e-5, "head_mode": mode,
           "head_num_layers": num_layers, "proj_dim": proj_dim, "sk_ratio": sk_ratio,
           "se_ratio": se_ratio, "num_classes": num_classes,
-          "classifier_input": sup_input if num_classes else 0}
+          "probe_from_projection_layer": ft_proj_selector if num_classes else 0}
   slots = namer.slots + layout.head_slots(mode, num_layers)
   if num_classes:
     slots += layout.SUPERVISED_SLOTS
@@ -165,7 +166,7 @@ def _check_shapes(spec: dict, slots, shapes: dict[str, tuple]) -> None:
   """Every parameter of the network from `spec` has one slot of the same shape."""
   try:
     model = export.build_model(spec)
-  except ValueError as e:  # e.g. sup_input beyond the head's layers
+  except ValueError as e:  # e.g. ft_proj_selector beyond the head's layers
     raise ConvertError(str(e)) from e
   side = resnet.min_image_size(spec["cifar_stem"]) * 2
   want = traverse_util.flatten_dict(jax.eval_shape(
@@ -182,14 +183,14 @@ def _check_shapes(spec: dict, slots, shapes: dict[str, tuple]) -> None:
                          f"{spec['depth']}-layer, width {spec['width_multiplier']} ResNet)")
 
 
-def convert(checkpoint: str, *, ema: bool = False, sup_input: int = 0):
+def convert(checkpoint: str, *, ema: bool = False, ft_proj_selector: int = 0):
   """(model spec, {"params", "batch_stats"} as numpy, source report) of a checkpoint."""
   prefix = resolve_checkpoint(checkpoint)
   reader, shapes = _read(prefix)
   if ema and not any(n.startswith(EMA) for n in shapes):
     raise ConvertError(f"--ema: checkpoint {prefix!r} has no {EMA} variables (SimCLR v1 "
                        "checkpoints have none)")
-  spec, slots = infer_model(shapes, EMA if ema else "", sup_input)
+  spec, slots = infer_model(shapes, EMA if ema else "", ft_proj_selector)
   _check_shapes(spec, slots, shapes)
   tree = {}
   try:
@@ -223,7 +224,7 @@ def _parse(argv):
   parser.add_argument("--ema", action="store_true", help="use the ema_model/ weights")
   parser.add_argument("--image_size", type=int, default=224,
                       help="input side of the compiled artifacts, px")
-  parser.add_argument("--sup_input", type=int, default=0,
+  parser.add_argument("--ft_proj_selector", type=int, default=0,
                       help="projection-head layer the supervised head reads (0 = h)")
   parser.add_argument("--platforms", default="cpu,cuda,tpu",
                       help="comma-separated platforms of the compiled artifacts")
@@ -232,9 +233,9 @@ def _parse(argv):
   if args.image_size < 1:
     parser.exit(2, f"error: --image_size={args.image_size} is not allowed: expected an "
                    "integer >= 32 (ImageNet stem) or >= 8 (CIFAR stem)\n")
-  if args.sup_input < 0:
-    parser.exit(2, f"error: --sup_input={args.sup_input} is not allowed: expected a "
-                   "projection-head layer >= 0\n")
+  if args.ft_proj_selector < 0:
+    parser.exit(2, f"error: --ft_proj_selector={args.ft_proj_selector} is not allowed: "
+                   "expected a projection-head layer >= 0\n")
   if not platforms or set(platforms) - {"cpu", "cuda", "rocm", "tpu"}:
     parser.exit(2, f"error: --platforms={args.platforms!r} is not allowed: expected a "
                    "comma-separated subset of cpu, cuda, rocm, tpu\n")
@@ -250,7 +251,8 @@ def main(argv=None) -> int:
   args, platforms = _parse(sys.argv[1:] if argv is None else argv)
   t0 = time.time()
   try:
-    spec, variables, source = convert(args.checkpoint, ema=args.ema, sup_input=args.sup_input)
+    spec, variables, source = convert(args.checkpoint, ema=args.ema,
+                                      ft_proj_selector=args.ft_proj_selector)
     min_side = resnet.min_image_size(spec["cifar_stem"])
     if args.image_size < min_side:
       raise ConvertError(f"--image_size={args.image_size} is not allowed: this network's "

@@ -138,7 +138,7 @@ def _load_export(path: str) -> Pretrained:
   from simclr_jax import export as export_lib  # pylint: disable=g-import-not-at-top
   _, variables, spec = export_lib.load_variables(path)
   model = {k: v for k, v in export_lib.model_spec_of(spec["model"]).items()
-           if k not in ("num_classes", "classifier_input")}
+           if k not in ("num_classes", "probe_from_projection_layer")}
   config = ConfigDict({"model": model, "data": {"image_size": spec["input"]["shape"][1]}})
   variables = {kind: {k: v for k, v in tree.items() if k != "classifier"}
                for kind, tree in variables.items()}

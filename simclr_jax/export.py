@@ -2,7 +2,8 @@
 
 <export dir>/ (default <workdir>/export)
   model.json        format + version, the model config, the input spec, the pretraining
-                    step and the SHA-256 of every other file; written last, so a
+                    step and the SHA-256 of every other file (an imported official
+                    checkpoint adds "source", see convert.py); written last, so a
                     directory without it is an unfinished export.
   variables/        Orbax PyTree checkpoint of {"params", "batch_stats"} of the encoder
                     and projection head; `load_encoder(dir)` rebuilds the network from
@@ -49,8 +50,9 @@ JAX_EXPORT_FILE = "encoder.jax_export"
 # supervised head (convert.py); pretraining exports never keep the online probe.
 MODEL_FIELDS = ("depth", "width_multiplier", "cifar_stem", "dtype", "bn_momentum",
                 "bn_epsilon", "head_mode", "head_num_layers", "proj_dim", "sk_ratio",
-                "se_ratio", "num_classes", "classifier_input")
-MODEL_DEFAULTS = {"sk_ratio": 0.0, "se_ratio": 0.0, "num_classes": 0, "classifier_input": 0}
+                "se_ratio", "num_classes", "probe_from_projection_layer")
+MODEL_DEFAULTS = {"sk_ratio": 0.0, "se_ratio": 0.0, "num_classes": 0,
+                  "probe_from_projection_layer": 0}
 OUTPUTS = {
     "h": "encoder features (global average pool)",
     "z": "projection-head output (the contrastive space)",
@@ -184,9 +186,9 @@ def write_export(pretrained, export_dir: str, *, image_size: int,
       "input": {"shape": ["batch", image_size, image_size, 3], "dtype": "float32",
                 "range": [0.0, 1.0], "layout": "NHWC, RGB, no mean/std normalisation"},
       "outputs": {**OUTPUTS, **({"logits_sup": "supervised head's logits (its input: "
-                                                f"projection-head layer "
-                                                f"{model_spec['classifier_input']}, 0 = h)"}
-                                 if model_spec["num_classes"] else {})},
+                                 "projection-head layer "
+                                 f"{model_spec['probe_from_projection_layer']}, 0 = h)"}
+                                if model_spec["num_classes"] else {})},
       "platforms": list(platforms),
       "pretrain_step": pretrained.step,
       "source_checkpoint": pretrained.path,

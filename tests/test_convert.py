@@ -25,15 +25,15 @@ from simclr_jax import export
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 ROOT = Path(__file__).parent.parent
 
-# case: (the inferred model fields it must give, EMA copy present, --sup_input)
+# case: (the inferred model fields it must give, EMA copy present, --ft_proj_selector)
 CASES = {
     "r50_sk0": (dict(depth=50, width_multiplier=0.03125, cifar_stem=False, sk_ratio=0.0,
                      se_ratio=0.0, head_mode="nonlinear", head_num_layers=3, proj_dim=16,
-                     num_classes=10, classifier_input=0), True, 0),
+                     num_classes=10, probe_from_projection_layer=0), True, 0),
     "r50_sk1": (dict(depth=50, width_multiplier=0.03125, cifar_stem=False, sk_ratio=0.0625,
                      se_ratio=0.0, head_num_layers=3, num_classes=10), True, 0),
     "r50_sk1_se_cifar": (dict(depth=50, cifar_stem=True, sk_ratio=0.0625, se_ratio=0.25,
-                              num_classes=7, classifier_input=1), True, 1),
+                              num_classes=7, probe_from_projection_layer=1), True, 1),
     "r18_se_cifar": (dict(depth=18, width_multiplier=0.0625, cifar_stem=True, sk_ratio=0.0,
                           se_ratio=0.25, head_num_layers=2, proj_dim=8, num_classes=0),
                      False, 0),
@@ -51,7 +51,7 @@ def assert_close(got, want, what):
 
 @functools.lru_cache(maxsize=None)
 def _endpoints_fn(case: str):
-  spec, _, _ = convert.convert(str(FIXTURES / case), sup_input=CASES[case][2])
+  spec, _, _ = convert.convert(str(FIXTURES / case), ft_proj_selector=CASES[case][2])
   model = export.build_model(spec)
   return jax.jit(lambda v, x: model.apply(v, x, method="endpoints"))
 
@@ -59,9 +59,9 @@ def _endpoints_fn(case: str):
 @pytest.mark.parametrize("case,ema", [(c, e) for c, (_, has_ema, _) in CASES.items()
                                       for e in ((False, True) if has_ema else (False,))])
 def test_reproduces_the_official_network(case, ema):
-  fields, _, sup_input = CASES[case]
+  fields, _, ft_proj_selector = CASES[case]
   spec, variables, source = convert.convert(str(FIXTURES / case), ema=ema,
-                                            sup_input=sup_input)
+                                            ft_proj_selector=ft_proj_selector)
   assert {k: spec[k] for k in fields} == fields
   ref = np.load(FIXTURES / case / "official_outputs.npz")
   out = _endpoints_fn(case)(variables, ref["images"])
@@ -188,7 +188,8 @@ def test_cli_writes_an_export_that_loads_serves_and_finetunes(tmp_path):
   out = tmp_path / "imported"
   proc = subprocess.run(
       [sys.executable, "-m", "simclr_jax.convert", f"--checkpoint={FIXTURES / case}",
-       f"--out={out}", "--ema", "--sup_input=1", "--image_size=32", "--platforms=cpu"],
+       f"--out={out}", "--ema", "--ft_proj_selector=1", "--image_size=32",
+       "--platforms=cpu"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,7 +197,7 @@ def test_cli_writes_an_export_that_loads_serves_and_finetunes(tmp_path):
   images = ref["images"]
   spec = export.read_spec(str(out))
   assert spec["source"]["weights"] == "ema_model" and "logits_sup" in spec["outputs"]
-  assert spec["model"]["sk_ratio"] == 0.0625 and spec["model"]["classifier_input"] == 1
+  assert spec["model"]["sk_ratio"] == 0.0625 and spec["model"]["probe_from_projection_layer"] == 1
   assert_close(np.asarray(export.load_encoder(str(out))(images)), ref["ema_final_avg_pool"],
                "load_encoder h")
   serve = export.load_saved_model(str(out)).signatures["serving_default"]

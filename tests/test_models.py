@@ -665,8 +665,8 @@ def test_global_bn_under_shard_map_matches_single_device():
     (lambda: feature_dim(42, 1.0), "42"),
     (lambda: ResNet(18, sk_ratio=0.0625), "sk_ratio > 0 needs a bottleneck depth"),
     (lambda: ResNet(50, se_ratio=-0.5), "se_ratio.*-0.5"),
-    (lambda: SimCLRModel(depth=18, head_num_layers=2, classifier_input=3),
-     r"classifier_input.*\[0, 2\].*3"),
+    (lambda: SimCLRModel(depth=18, head_num_layers=2, probe_layer=3),
+     r"probe_layer.*\[0, 2\].*3"),
 ])
 def test_bad_configuration_raises(make, pattern):
   with pytest.raises(ValueError, match=pattern):

@@ -18,17 +18,16 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class SimCLRModel(nn.Module):
-  """x -> h = encoder(x), z = head(h), logits = classifier(stop_gradient(h)).
+  """x -> h = encoder(x), z = head(h), logits = classifier(stop_gradient(hidden)).
 
   Submodules: 'encoder' (ResNet), 'head' (ProjectionHead) and, when
   num_classes > 0, 'classifier' (Dense with bias, official N(0, 0.01^2) kernel
-  init): the online linear probe, fed stop_gradient(h) so that it never changes
-  the encoder's gradients.
+  init): the online linear probe, fed stop_gradient of h or of a projection-head
+  layer's output, so that it never changes the encoder's gradients.
 
   Attributes: see ResNet and ProjectionHead; proj_dim is the head's out_dim,
-  num_classes the probe's output size (0 = no probe), classifier_input the head
-  layer whose output the classifier reads (0 = h; an imported fine-tuned SimCLR v2
-  checkpoint's supervised head reads layer 1).
+  num_classes the probe's output size (0 = no probe), probe_layer the probe's input:
+  0 = h, j >= 1 = the output of head layer j (the official ft_proj_selector).
   """
   depth: int
   width_multiplier: float = 1.0
@@ -41,9 +40,9 @@ class SimCLRModel(nn.Module):
   head_num_layers: int = 2
   proj_dim: int = 128
   num_classes: int = 0
+  probe_layer: int = 0
   sk_ratio: float = 0.0
   se_ratio: float = 0.0
-  classifier_input: int = 0
 
   def __post_init__(self):
     # Submodules are built lazily in setup(); check their fields now for an early error.
@@ -54,11 +53,10 @@ class SimCLRModel(nn.Module):
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
         or self.num_classes < 0:
       raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}.")
-    layers = ProjectionHead(self.head_mode, self.head_num_layers, self.proj_dim).total_layers
-    if (isinstance(self.classifier_input, bool) or not isinstance(self.classifier_input, int)
-        or not 0 <= self.classifier_input <= layers):
-      raise ValueError(f"classifier_input must be an int in [0, {layers}] (the head's "
-                       f"layers), got {self.classifier_input!r}.")
+    head_layers = {"none": 0, "linear": 1}.get(self.head_mode, self.head_num_layers)
+    if isinstance(self.probe_layer, bool) or self.probe_layer not in range(head_layers + 1):
+      raise ValueError(f"probe_layer must be an int in [0, {head_layers}] (the head's "
+                       f"layers), got {self.probe_layer!r}.")
     super().__post_init__()
 
   def setup(self):
@@ -90,7 +88,7 @@ class SimCLRModel(nn.Module):
     z, hiddens = self.head(h, train, return_hidden=True)
     out = {"h": h, "z": z}
     if self.num_classes > 0:
-      out["logits"] = self.classifier(jax.lax.stop_gradient(hiddens[self.classifier_input]))
+      out["logits"] = self.classifier(jax.lax.stop_gradient(hiddens[self.probe_layer]))
     return out
 
   def endpoints(self, x: Array) -> dict[str, Array]:
@@ -107,7 +105,7 @@ class SimCLRModel(nn.Module):
            **{f"block_group{i}": inter[f"block{i}"] for i in range(1, 5)},
            "final_avg_pool": h, "proj_head_output": z}
     if self.num_classes > 0:
-      out["logits_sup"] = self.classifier(hiddens[self.classifier_input])
+      out["logits_sup"] = self.classifier(hiddens[self.probe_layer])
     return {k: v.astype(jnp.float32) for k, v in out.items()}
 
   def encode(self, x: Array, train: bool) -> Array:
@@ -141,7 +139,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
       head_num_layers=model_config.head_num_layers,
       proj_dim=model_config.proj_dim,
       num_classes=num_classes,
-      # Configs saved before these fields existed lack them.
+      # Absent from the configs of checkpoints written before the field existed.
+      probe_layer=model_config.get("probe_from_projection_layer", 0),
       sk_ratio=model_config.get("sk_ratio", 0.0),
-      se_ratio=model_config.get("se_ratio", 0.0),
-      classifier_input=model_config.get("classifier_input", 0))
+      se_ratio=model_config.get("se_ratio", 0.0))
