@@ -143,6 +143,14 @@ def test_rewritten_checkpoint_converts_and_lists_other_variables(r18_tensors, tm
   assert spec["depth"] == 18 and source["other_variables_left_out"] == ["memory/bank"]
 
 
+def test_checkpoint_without_projection_head_gives_head_none(r18_tensors, tmp_path):
+  """The released v1 checkpoints have no projection head: z = h."""
+  tensors = {k: v for k, v in r18_tensors.items() if not k.startswith("head_contrastive/")}
+  spec, variables, _ = convert.convert(_write(tmp_path / "model.ckpt-1", tensors))
+  assert spec["head_mode"] == "none" and spec["depth"] == 18
+  assert set(variables["params"]) == {"encoder"}
+
+
 def test_refuses_unreadable_and_foreign_checkpoints(r18_tensors, tmp_path):
   with pytest.raises(convert.ConvertError, match="no base_model/ variables"):
     convert.convert(_write(tmp_path / "foreign", {"dense/kernel": np.zeros((2, 2))}))
