@@ -9,8 +9,8 @@ width, stem, sk_ratio, se_ratio, projection head and supervised head are inferre
 the variable names and shapes (tf1_layout.py), and every variable of `base_model/`,
 `head_contrastive/` and `head_supervised/` must fill exactly one parameter of the
 network, with the same shape. `--ema` takes the `ema_model/` copy instead. Optimiser
-slots (`/Momentum`), `global_step`, the copy not selected and any other top-level
-variable are left out and listed in model.json ("source").
+slots (`/Momentum`, `/Adam`, `/Adam_1`), `global_step`, the copy not selected and any
+other top-level variable are left out and listed in model.json ("source").
 
 DIR gets this project's export format (export.py; model.json, variables/, saved_model/,
 encoder.jax_export): usable as `init_from` of linear_eval, finetune, knn and export, and
@@ -38,10 +38,17 @@ from simclr_jax.models import selective_kernel
 
 EMA = "ema_model/"
 SK_RATIO_RELEASED = 0.0625  # the released v2 checkpoints' sk_ratio
+# Slot variables of the official optimisers (momentum, LARS: Momentum; adam: Adam, Adam_1).
+OPTIMIZER_SLOTS = ("Momentum", "Adam", "Adam_1")
 
 
 class ConvertError(ValueError):
   """A checkpoint this importer cannot map onto the network."""
+
+
+def is_slot(name: str) -> bool:
+  """An optimiser's slot of a variable (`<variable>/Momentum`, ...)."""
+  return name.rsplit("/", 1)[-1] in OPTIMIZER_SLOTS and "/" in name
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -51,7 +58,8 @@ def resolve_checkpoint(path: str) -> str:
     prefix = tf.train.latest_checkpoint(path)
     if prefix is None:
       raise ConvertError(f"--checkpoint={path!r} is a directory without a TF1 `checkpoint` "
-                         "file: expected a checkpoint prefix such as .../model.ckpt-250228")
+                         "file naming an existing checkpoint: expected a checkpoint prefix "
+                         "such as .../model.ckpt-250228 or a directory holding one")
     return prefix
   if not os.path.isfile(path + ".index"):
     raise ConvertError(f"--checkpoint={path!r}: no {path}.index; expected a TF1 checkpoint "
@@ -113,7 +121,7 @@ def infer_model(shapes: dict[str, tuple], prefix: str, ft_proj_selector: int):
   """
   scoped = {n[len(prefix):]: s for n, s in shapes.items() if n.startswith(prefix)}
   base = {n: s for n, s in scoped.items() if n.startswith(layout.BASE + "/")
-          and not n.endswith("/Momentum")}
+          and not is_slot(n)}
   if not base:
     raise ConvertError(f"no {prefix}{layout.BASE}/ variables: not a SimCLR TF1 checkpoint")
   arch, namer = _arch(base)
@@ -128,7 +136,7 @@ def infer_model(shapes: dict[str, tuple], prefix: str, ft_proj_selector: int):
                     1, None, "SE") if arch.se else 0.0
 
   heads = {n for n in scoped if n.startswith(layout.CONTRASTIVE + "/")
-           and not n.endswith("/Momentum")}
+           and not is_slot(n)}
   layers = {n.split("/")[1] for n in heads}
   if not heads:
     mode, num_layers, proj_dim = "none", 1, 128
@@ -153,7 +161,7 @@ def infer_model(shapes: dict[str, tuple], prefix: str, ft_proj_selector: int):
     slots += layout.SUPERVISED_SLOTS
   used = {name for _, name in slots}
   in_scopes = {n for n in scoped if n.split("/")[0] in layout.SCOPES
-               and not n.endswith("/Momentum")}
+               and not is_slot(n)}
   for what, names in (("missing", used - set(scoped)), ("unexpected", in_scopes - used)):
     if names:
       raise ConvertError(f"{what} variable {prefix}{sorted(names)[0]} for a "
@@ -202,8 +210,8 @@ def convert(checkpoint: str, *, ema: bool = False, ft_proj_selector: int = 0):
   used = {name for _, name in slots}
   left = sorted(set(shapes) - used)
   kinds = {"global_step": [n for n in left if n == "global_step"],
-           "optimizer slots": [n for n in left if n.endswith("/Momentum")],
-           "other copy": [n for n in left if not n.endswith("/Momentum")
+           "optimizer slots": [n for n in left if is_slot(n)],
+           "other copy": [n for n in left if not is_slot(n)
                           and (n.startswith(EMA) != ema)
                           and n.split("/")[1 if n.startswith(EMA) else 0] in layout.SCOPES]}
   other = sorted(set(left) - {n for v in kinds.values() for n in v})

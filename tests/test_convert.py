@@ -137,10 +137,12 @@ def test_refuses_what_does_not_fit(name, r18_tensors, tmp_path):
 
 def test_rewritten_checkpoint_converts_and_lists_other_variables(r18_tensors, tmp_path):
   """The control of the test above: the same rewriting, nothing broken, converts."""
-  extra = {"memory/bank": np.zeros((4, 8), np.float32)}
+  extra = {"memory/bank": np.zeros((4, 8), np.float32),
+           "base_model/conv2d/kernel/Adam": r18_tensors["base_model/conv2d/kernel"]}
   prefix = _write(tmp_path / "model.ckpt-1", _edit(r18_tensors, add=extra))
   spec, _, source = convert.convert(prefix)
   assert spec["depth"] == 18 and source["other_variables_left_out"] == ["memory/bank"]
+  assert source["variables_left_out"]["optimizer slots"] == 101
 
 
 def test_checkpoint_without_projection_head_gives_head_none(r18_tensors, tmp_path):
