@@ -38,6 +38,7 @@ _STAGE_WIDTHS = (64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2)
 _BOTTLENECK_EXPANSION = 4
 
+
 def check_depth(depth: int) -> None:
   """Raises ValueError unless `depth` is a supported ResNet depth."""
   if isinstance(depth, bool) or depth not in _ARCHS:
