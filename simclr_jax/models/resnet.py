@@ -8,7 +8,10 @@ Layout details that follow the official code rather than torchvision:
     even when the shape does not change (ResNet-18/34, stage 1);
   * the last BN of each residual branch starts with gamma = 0;
   * conv kernels use tf.keras VarianceScaling() defaults: scale 1, fan_in,
-    truncated normal; convs have no bias.
+    truncated normal; convs have no bias;
+  * sk_ratio / se_ratio > 0: SimCLR v2's selective kernels (with the ResNet-D stem and
+    shortcut) and squeeze-excitation, as the official TF1 resnet.py
+    (selective_kernel.py).
 """
 
 import math
