@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.depth = 18
   c.model.width_multiplier = 1.0
   c.model.cifar_stem = True
+  c.model.sk_ratio = 0.0  # > 0: selective kernels + ResNet-D (SimCLR v2: 0.0625)
+  c.model.se_ratio = 0.0  # > 0: squeeze-excitation blocks
   c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5

@@ -89,6 +89,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
 def _validate_model(config):
   _one_of(config, "model.depth", DEPTHS)
   _positive(config, "model.width_multiplier")
+  for field in ("model.sk_ratio", "model.se_ratio"):
+    _positive(config, field, strict=False)
+  if config.model.sk_ratio > 0 and config.model.depth in (18, 34):
+    _fail("model.sk_ratio", config.model.sk_ratio,
+          "selective kernels need a bottleneck depth (model.depth 50, 101, 152 or 200)")
   _one_of(config, "model.dtype", DTYPES)
   _one_of(config, "model.head_mode", HEAD_MODES)
   _positive(config, "model.head_num_layers")

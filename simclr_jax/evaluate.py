@@ -19,6 +19,7 @@ Protocols (Chen et al. 2020, Appendix B.5/B.6, official code):
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -78,10 +79,15 @@ class Pretrained:
 def load_pretrained(path: str) -> Pretrained:
   """Restores encoder + projection-head variables and the run's config from `path`.
 
+  `path` is a pretraining checkpoint (see find_checkpoint) or an export directory
+  (mode=export, or an official checkpoint imported by `python -m simclr_jax.convert`).
   Only params and batch_stats are read (not the optimiser state), as host arrays;
-  the online probe ('classifier') is dropped. Given a workdir or checkpoints dir, a
-  checkpoint that does not restore is reported and the one before it is used.
+  the online probe or imported supervised head ('classifier') is dropped. Given a
+  workdir or checkpoints dir, a checkpoint that does not restore is reported and the one
+  before it is used.
   """
+  if path and os.path.isfile(os.path.join(path, "model.json")):
+    return _load_export(path)
   candidates = checkpointing.find_checkpoints(path)
   skipped = []
   for step_dir in candidates:
@@ -119,6 +125,19 @@ def _load_step(step_dir: epath.Path) -> Pretrained:
   logging.info("Loaded pretrained encoder from %s (step %s)", step_dir, step_dir.name)
   return Pretrained(path=str(step_dir), step=int(step_dir.name), config=config,
                     variables=variables)
+
+
+def _load_export(path: str) -> Pretrained:
+  from simclr_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  _, variables, spec = export_lib.load_variables(path)
+  model = {k: v for k, v in export_lib.model_spec_of(spec["model"]).items()
+           if k not in ("num_classes", "probe_from_projection_layer")}
+  config = ConfigDict({"model": model, "data": {"image_size": spec["input"]["shape"][1]}})
+  variables = {kind: {k: v for k, v in tree.items() if k != "classifier"}
+               for kind, tree in variables.items()}
+  logging.info("Loaded pretrained encoder from export %s", spec["path"])
+  return Pretrained(path=spec["path"], step=int(spec.get("pretrain_step") or 0),
+                    config=config, variables=variables)
 
 
 def init_from(config: ConfigDict, workdir: str) -> str:
@@ -574,7 +593,8 @@ class FinetuneNet(nn.Module):
     bn = dict(bn_momentum=mc["bn_momentum"], bn_epsilon=mc["bn_epsilon"],
               axis_name=self.axis_name)
     y = ResNet(depth=mc["depth"], width_multiplier=mc["width_multiplier"],
-               cifar_stem=mc["cifar_stem"], dtype=dtype,
+               cifar_stem=mc["cifar_stem"], sk_ratio=mc.get("sk_ratio", 0.0),
+               se_ratio=mc.get("se_ratio", 0.0), dtype=dtype,
                freeze_through=self.fine_tune_after_block, name="encoder", **bn)(x, train)
     if self.head_layers > 0:
       y = ProjectionHead(mode=mc["head_mode"], num_layers=mc["head_num_layers"],

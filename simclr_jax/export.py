@@ -2,14 +2,17 @@
 
 <export dir>/ (default <workdir>/export)
   model.json        format + version, the model config, the input spec, the pretraining
-                    step and the SHA-256 of every other file; written last, so a
+                    step and the SHA-256 of every other file (an imported official
+                    checkpoint adds "source", see convert.py); written last, so a
                     directory without it is an unfinished export.
   variables/        Orbax PyTree checkpoint of {"params", "batch_stats"} of the encoder
                     and projection head; `load_encoder(dir)` rebuilds the network from
                     model.json alone and returns a jitted `images -> h`.
   saved_model/      TensorFlow SavedModel, signature "serving_default":
-                    images [b, S, S, 3] float32 in [0, 1] -> {"h": [b, C], "z": [b, 128]},
-                    b polymorphic (jax2tf native serialization: StableHLO inside an
+                    images [b, S, S, 3] float32 in [0, 1] -> {"h": [b, C], "z": [b, 128],
+                    the official TF-Hub module's outputs (SimCLRModel.endpoints; listed
+                    in model.json "outputs") and "logits_sup" for an imported supervised
+                    head}, b polymorphic (jax2tf native serialization: StableHLO inside an
                     XlaCallModule op; variables stored as tf.Variables).
   encoder.jax_export  `jax.export` serialization (StableHLO, weights embedded as
                     constants) of the same images -> {"h", "z"} function, b symbolic;
@@ -44,9 +47,23 @@ MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 SAVED_MODEL_DIR = "saved_model"
 JAX_EXPORT_FILE = "encoder.jax_export"
-# model.json fields the model is rebuilt from (SimCLRModel's, minus the probe).
+# model.json fields the model is rebuilt from (SimCLRModel's), with the defaults of those
+# that exports written before they existed lack. num_classes > 0 only for an imported
+# supervised head (convert.py); pretraining exports never keep the online probe.
 MODEL_FIELDS = ("depth", "width_multiplier", "cifar_stem", "dtype", "bn_momentum",
-                "bn_epsilon", "head_mode", "head_num_layers", "proj_dim")
+                "bn_epsilon", "head_mode", "head_num_layers", "proj_dim", "sk_ratio",
+                "se_ratio", "num_classes", "probe_from_projection_layer")
+MODEL_DEFAULTS = {"sk_ratio": 0.0, "se_ratio": 0.0, "num_classes": 0,
+                  "probe_from_projection_layer": 0}
+OUTPUTS = {
+    "h": "encoder features (global average pool)",
+    "z": "projection-head output (the contrastive space)",
+    "initial_conv": "the stem's last conv, before its BN",
+    "initial_max_pool": "the stem's output (after the max-pool for the ImageNet stem)",
+    **{f"block_group{i}": f"output of ResNet stage {i}" for i in range(1, 5)},
+    "final_avg_pool": "= h (official TF-Hub name)",
+    "proj_head_output": "= z (official TF-Hub name)",
+}
 
 
 class ExportError(ValueError):
@@ -61,17 +78,24 @@ class ExportTargetError(config_lib.ConfigError):
 # The exported function.
 
 
+def model_spec_of(model_config) -> dict:
+  """The MODEL_FIELDS of a config.model (or model.json "model"), defaults filled in."""
+  return {k: model_config[k] if k in model_config else MODEL_DEFAULTS[k]
+          for k in MODEL_FIELDS}
+
+
 def build_model(model_spec: dict):
-  """SimCLRModel (no probe, no collective axis) from model.json's "model" entry."""
-  return models.create_model(ml_collections.ConfigDict(
-      {k: model_spec[k] for k in MODEL_FIELDS}))
+  """SimCLRModel (no collective axis) from model.json's "model" entry."""
+  spec = model_spec_of(model_spec)
+  return models.create_model(ml_collections.ConfigDict(spec),
+                             num_classes=spec["num_classes"])
 
 
 def serving_fn(model, variables: dict) -> Callable[[jax.Array], dict[str, jax.Array]]:
-  """images [b, S, S, 3] float32 in [0, 1] -> {"h": [b, C], "z": [b, proj_dim]} float32."""
+  """images [b, S, S, 3] float32 in [0, 1] -> SimCLRModel.endpoints: {"h": [b, C],
+  "z": [b, proj_dim], the TF-Hub-named intermediate outputs, "logits_sup"}, float32."""
   def serve(images):
-    out = model.apply(variables, images, train=False)
-    return {"h": out["h"].astype(jnp.float32), "z": out["z"].astype(jnp.float32)}
+    return model.apply(variables, images, method="endpoints")
   return serve
 
 
@@ -161,20 +185,21 @@ def check_target(export_dir: str) -> None:
 
 
 def write_export(pretrained, export_dir: str, *, image_size: int,
-                 platforms=("cpu", "cuda", "tpu")) -> dict:
+                 platforms=("cpu", "cuda", "tpu"), extra: dict | None = None) -> dict:
   """Writes all three artifacts of `pretrained` (evaluate.Pretrained) into `export_dir`.
 
   `export_dir` must be new, empty or an earlier export (`check_target`), which is
   replaced. Everything goes to a sibling temporary directory first, moved into place
   once complete, so a run killed midway leaves the earlier export (or none) under
-  `export_dir`, and a failing one removes its temporary directory.
+  `export_dir`, and a failing one removes its temporary directory. `extra` entries are
+  added to model.json.
   Returns the model.json contents.
   """
   if jax.process_count() > 1:
     raise RuntimeError(f"export runs in a single process, got {jax.process_count()}")
   export_dir = os.path.abspath(export_dir)
   check_target(export_dir)
-  model_spec = {k: pretrained.model_config[k] for k in MODEL_FIELDS}
+  model_spec = model_spec_of(pretrained.model_config)
   model = build_model(model_spec)
   variables = pretrained.variables
   tmp = f"{export_dir}.tmp-{os.getpid()}"
@@ -195,14 +220,17 @@ def write_export(pretrained, export_dir: str, *, image_size: int,
                                           model_spec["width_multiplier"]),
         "input": {"shape": ["batch", image_size, image_size, 3], "dtype": "float32",
                   "range": [0.0, 1.0], "layout": "NHWC, RGB, no mean/std normalisation"},
-        "outputs": {"h": "encoder features (global average pool)",
-                    "z": "projection-head output (the contrastive space)"},
+        "outputs": {**OUTPUTS, **({"logits_sup": "supervised head's logits (its input: "
+                                   "projection-head layer "
+                                   f"{model_spec['probe_from_projection_layer']}, 0 = h)"}
+                                  if model_spec["num_classes"] else {})},
         "platforms": list(platforms),
         "pretrain_step": pretrained.step,
         "source_checkpoint": pretrained.path,
         "artifacts": {"variables": VARIABLES_DIR, "saved_model": SAVED_MODEL_DIR,
                       "jax_export": JAX_EXPORT_FILE},
         "sha256": {name: _sha256(os.path.join(tmp, name)) for name in _files(tmp)},
+        **(extra or {}),
     }
     with open(os.path.join(tmp, MODEL_JSON), "w") as f:
       json.dump(spec, f, indent=2)
@@ -330,7 +358,7 @@ def load_saved_model(path: str):
 def verify_export(export_dir: str, model, variables: dict, image_size: int,
                   seed: int = 0, batch: int = 3) -> dict[str, float]:
   """Each reloaded artifact's error on random images against the in-memory encoder:
-  max |got - want| / max |want| for h and z (float32 rounding: ~1e-6)."""
+  max |got - want| / max |want| for h, z and logits_sup (float32 rounding: ~1e-6)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images = np.random.default_rng(seed).uniform(
       size=(batch, image_size, image_size, 3)).astype(np.float32)
@@ -341,7 +369,7 @@ def verify_export(export_dir: str, model, variables: dict, image_size: int,
   got["saved_model"] = {k: v.numpy() for k, v in signature(images=tf.constant(images)).items()}
   return {f"export_{name}_rel_err_{k}":
           float(np.max(np.abs(out[k] - want[k])) / max(np.max(np.abs(want[k])), 1e-30))
-          for name, out in got.items() for k in out}
+          for name, out in got.items() for k in out if k in ("h", "z", "logits_sup")}
 
 
 def target_dir(config: ml_collections.ConfigDict, workdir: str) -> str:

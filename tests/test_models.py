@@ -171,6 +171,17 @@ def test_resnet50_parameter_count(w, paper_count):
   assert h.shape == (2, int(2048 * w)) and h.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("depth, w, table_millions", [(50, 1, 35), (50, 2, 140), (101, 2, 257),
+                                                      (152, 3, 795)])
+def test_sk_resnet_parameter_counts_match_the_simclr_v2_table(depth, w, table_millions):
+  """SimCLR v2 Table 1 / official README: encoder parameters of the SK (0.0625) models."""
+  h, variables = abstract_init(ResNet(depth, w, sk_ratio=0.0625), side=64)
+  assert round(n_params(variables["params"]) / 1e6) == table_millions
+  assert h.shape == (2, 2048 * w)
+  plain = n_params(abstract_init(ResNet(depth, w), side=64)[1]["params"])
+  assert plain < 0.75 * n_params(variables["params"])  # SK adds > 1/3
+
+
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152, 200])
 def test_feature_dim_and_param_count_per_depth(depth):
   w = 0.25
@@ -652,10 +663,24 @@ def test_global_bn_under_shard_map_matches_single_device():
     (lambda: SimCLRModel(depth=18, head_mode="deep"), "deep"),
     (lambda: SimCLRModel(depth=18, num_classes=-1), "-1"),
     (lambda: feature_dim(42, 1.0), "42"),
+    (lambda: ResNet(18, sk_ratio=0.0625), "sk_ratio > 0 needs a bottleneck depth"),
+    (lambda: ResNet(50, se_ratio=-0.5), "se_ratio.*-0.5"),
+    (lambda: SimCLRModel(depth=18, head_num_layers=2, probe_layer=3),
+     r"probe_layer.*\[0, 2\].*3"),
 ])
 def test_bad_configuration_raises(make, pattern):
   with pytest.raises(ValueError, match=pattern):
     make()
+
+
+def test_config_refuses_selective_kernels_without_bottlenecks():
+  from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = base_config.get_config()  # ResNet-18
+  config.model.sk_ratio = 0.0625
+  with pytest.raises(config_lib.ConfigError, match="config.model.sk_ratio = 0.0625"):
+    config_lib.validate(config)
+  config.model.depth = 50
+  config_lib.validate(config)
 
 
 def test_bad_image_shapes_raise():

@@ -8,7 +8,10 @@ Layout details that follow the official code rather than torchvision:
     even when the shape does not change (ResNet-18/34, stage 1);
   * the last BN of each residual branch starts with gamma = 0;
   * conv kernels use tf.keras VarianceScaling() defaults: scale 1, fan_in,
-    truncated normal; convs have no bias.
+    truncated normal; convs have no bias;
+  * sk_ratio / se_ratio > 0: SimCLR v2's selective kernels (with the ResNet-D stem and
+    shortcut) and squeeze-excitation, as the official TF1 resnet.py
+    (selective_kernel.py).
 """
 
 import math
@@ -18,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.models import fusion_barrier
+from simclr_jax.models.layers import NormMixin, conv, relu
+from simclr_jax.models.selective_kernel import SKConv, SqueezeExcite, avg_pool_2x2
 
 Array = Any
 Dtype = Any
@@ -38,7 +42,6 @@ _STAGE_WIDTHS = (64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2)
 _BOTTLENECK_EXPANSION = 4
 
-conv_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 FREEZE_THROUGH = (-1, 0, 1, 2, 3, 4)  # ResNet.freeze_through: none, stem, stem + groups
 
 
@@ -55,6 +58,12 @@ def check_depth(depth: int) -> None:
     raise ValueError(f"ResNet depth must be one of {SUPPORTED_DEPTHS}, got {depth!r}.")
 
 
+def block_layout(depth: int) -> tuple[str, tuple[int, ...]]:
+  """("basic" | "bottleneck", blocks per stage) of a supported depth."""
+  check_depth(depth)
+  return _ARCHS[depth]
+
+
 def check_width_multiplier(width_multiplier: float) -> None:
   """Raises ValueError unless `width_multiplier` is a finite number > 0."""
   if (isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float))
@@ -69,6 +78,19 @@ def check_bn_args(bn_momentum: float, bn_epsilon: float) -> None:
     raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}.")
   if not bn_epsilon > 0.0:
     raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}.")
+
+
+def check_sk_se(depth: int, sk_ratio: float, se_ratio: float) -> None:
+  """Raises ValueError unless both ratios are finite and >= 0, and SK has bottlenecks."""
+  for name, v in (("sk_ratio", sk_ratio), ("se_ratio", se_ratio)):
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        or v < 0):
+      raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
+  if sk_ratio > 0 and _ARCHS[depth][0] != "bottleneck":
+    raise ValueError(f"sk_ratio > 0 needs a bottleneck depth "
+                     f"{tuple(d for d in SUPPORTED_DEPTHS if _ARCHS[d][0] == 'bottleneck')}"
+                     f" (the official code cannot build SK ResNet-{depth}), got "
+                     f"sk_ratio={sk_ratio!r}.")
 
 
 def scaled_width(channels: int, width_multiplier: float) -> int:
@@ -94,46 +116,8 @@ def min_image_size(cifar_stem: bool) -> int:
   return 8 if cifar_stem else 32
 
 
-def conv(x: Array, features: int, kernel_size: int, strides: int, dtype: Dtype,
-         name: str) -> Array:
-  """Bias-free conv with the official padding rule; call inside a compact method.
-
-  Args:
-    x: [B, H, W, Cin].
-    features: output channels.
-    kernel_size: square kernel side.
-    strides: 1 (SAME padding) or > 1 (fixed symmetric padding, then VALID).
-    dtype: compute dtype.
-    name: submodule name.
-
-  Returns:
-    [B, ceil(H/strides), ceil(W/strides), features] in `dtype`.
-  """
-  if strides > 1:
-    beg = (kernel_size - 1) // 2
-    end = kernel_size - 1 - beg
-    padding = ((beg, end), (beg, end))
-  else:
-    padding = "SAME"
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
-                 padding=padding, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=conv_kernel_init, name=name)(x)
-
-
-def relu(x: Array, train: bool, axis_name: str | None) -> Array:
-  """ReLU of an activation that the next layer stores for its gradient.
-
-  In training on the CPU backend it passes a fusion barrier (fusion_barrier.py: the
-  same values, a faster step); `axis_name` is the mapped axis the step runs under.
-  """
-  y = nn.relu(x)
-  if train and axis_name is not None and fusion_barrier.applies():
-    y = fusion_barrier.fusion_barrier(y, axis_name)
-  return y
-
-
-class _BlockBase(nn.Module):
-  """Fields shared by both residual block kinds."""
+class _BlockBase(NormMixin, nn.Module):
+  """Fields shared by both residual block kinds (SK/SE: see selective_kernel.py)."""
   features: int  # bottleneck width (bottleneck) or output width (basic)
   strides: int = 1
   use_projection: bool = False
@@ -141,19 +125,22 @@ class _BlockBase(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
-
-  def _bn(self, x: Array, train: bool, name: str, zero_init: bool = False) -> Array:
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
-        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-        axis_name=self.axis_name, name=name)(x)
+  sk_ratio: float = 0.0  # > 0: SK 3x3 conv (bottleneck) and ResNet-D shortcut
+  se_ratio: float = 0.0  # > 0: squeeze-excitation after the last BN
 
   def _shortcut(self, x: Array, out_features: int, train: bool) -> Array:
     if not self.use_projection:
       return x
-    s = conv(x, out_features, 1, self.strides, self.dtype, "proj_conv")
+    if self.sk_ratio > 0:  # ResNet-D: average pool carries the stride
+      s = conv(avg_pool_2x2(x, self.strides), out_features, 1, 1, self.dtype, "proj_conv")
+    else:
+      s = conv(x, out_features, 1, self.strides, self.dtype, "proj_conv")
     return self._bn(s, train, "proj_bn")
+
+  def _se(self, y: Array) -> Array:
+    if self.se_ratio <= 0:
+      return y
+    return SqueezeExcite(self.features, self.se_ratio, dtype=self.dtype, name="se")(y)
 
 
 class BasicBlock(_BlockBase):
@@ -168,7 +155,7 @@ class BasicBlock(_BlockBase):
     y = conv(x, self.features, 3, self.strides, self.dtype, "conv1")
     y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
     y = conv(y, self.features, 3, 1, self.dtype, "conv2")
-    y = self._bn(y, train, "bn2", zero_init=True)
+    y = self._se(self._bn(y, train, "bn2", zero_init=True))
     return relu(y + shortcut, train, self.axis_name)
 
 
@@ -184,10 +171,15 @@ class BottleneckBlock(_BlockBase):
     shortcut = self._shortcut(x, out_features, train)
     y = conv(x, self.features, 1, 1, self.dtype, "conv1")
     y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
-    y = conv(y, self.features, 3, self.strides, self.dtype, "conv2")
-    y = relu(self._bn(y, train, "bn2"), train, self.axis_name)
+    if self.sk_ratio > 0:
+      y = SKConv(self.features, self.strides, self.sk_ratio, dtype=self.dtype,
+                 bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                 axis_name=self.axis_name, name="sk_conv2")(y, train)
+    else:
+      y = conv(y, self.features, 3, self.strides, self.dtype, "conv2")
+      y = relu(self._bn(y, train, "bn2"), train, self.axis_name)
     y = conv(y, out_features, 1, 1, self.dtype, "conv3")
-    y = self._bn(y, train, "bn3", zero_init=True)
+    y = self._se(self._bn(y, train, "bn3", zero_init=True))
     return relu(y + shortcut, train, self.axis_name)
 
 
@@ -208,6 +200,9 @@ class ResNet(nn.Module):
       groups 1..k are frozen: even with train=True they run in inference mode (BN
       running averages, left unchanged) and pass no gradient back (the official
       fine_tune_after_block). `is_frozen` names their parameters.
+    sk_ratio: > 0 (bottleneck depths only): selective-kernel 3x3 convs, ResNet-D
+      shortcuts and (ImageNet stem) the ResNet-D stem; SimCLR v2 used 0.0625.
+    se_ratio: > 0: squeeze-excitation in every block.
   """
   depth: int
   width_multiplier: float = 1.0
@@ -217,6 +212,8 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
   freeze_through: int = -1
+  sk_ratio: float = 0.0
+  se_ratio: float = 0.0
 
   def __post_init__(self):
     check_depth(self.depth)
@@ -225,6 +222,7 @@ class ResNet(nn.Module):
     if self.freeze_through not in FREEZE_THROUGH:
       raise ValueError(f"freeze_through must be one of {FREEZE_THROUGH}, got "
                        f"{self.freeze_through!r}.")
+    check_sk_se(self.depth, self.sk_ratio, self.se_ratio)
     super().__post_init__()
 
   @nn.compact
@@ -235,13 +233,14 @@ class ResNet(nn.Module):
       x: [B, H, W, C] images in [0, 1], H and W >= min_image_size(cifar_stem).
       train: batch statistics (and their running averages updated: pass
         mutable=['batch_stats']) if True, running averages otherwise.
-      return_intermediates: also return the feature maps after the stem
-        (after the max-pool for the ImageNet stem) and after each stage.
+      return_intermediates: also return the feature maps after the stem's last
+        conv (before its BN), after the stem (after the max-pool for the ImageNet
+        stem) and after each stage.
 
     Returns:
       h: [B, feature_dim(depth, width_multiplier)] float32; with
-      return_intermediates, (h, {'stem', 'block1', ..., 'block4': [B, h, w, c]
-      in the compute dtype}).
+      return_intermediates, (h, {'stem_conv', 'stem', 'block1', ..., 'block4':
+      [B, h, w, c] in the compute dtype}).
     """
     if x.ndim != 4:
       raise ValueError(f"ResNet expects images [B, H, W, C], got shape {x.shape}.")
@@ -263,9 +262,18 @@ class ResNet(nn.Module):
     intermediates = {}
     if self.cifar_stem:
       y = conv(x, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
+      intermediates["stem_conv"] = y
       y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
     else:
-      y = conv(x, width(_STEM_WIDTH), 7, 2, self.dtype, "stem_conv")
+      if self.sk_ratio > 0:  # ResNet-D stem: 3x3/2 to 32w, 3x3 to 32w, 3x3 to 64w
+        y = conv(x, width(_STEM_WIDTH // 2), 3, 2, self.dtype, "stem_conv_a")
+        y = relu(bn(y, "stem_bn_a", trains(0)), trains(0), self.axis_name)
+        y = conv(y, width(_STEM_WIDTH // 2), 3, 1, self.dtype, "stem_conv_b")
+        y = relu(bn(y, "stem_bn_b", trains(0)), trains(0), self.axis_name)
+        y = conv(y, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
+      else:
+        y = conv(x, width(_STEM_WIDTH), 7, 2, self.dtype, "stem_conv")
+      intermediates["stem_conv"] = y
       y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
       # The official code max-pools with TF 'SAME' padding (not the fixed padding).
       y = nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
@@ -279,8 +287,8 @@ class ResNet(nn.Module):
         y = block_cls(
             features=width(stage_width), strides=stage_stride if i == 0 else 1,
             use_projection=i == 0, dtype=self.dtype, bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon, axis_name=self.axis_name,
-            name=f"block{stage}_{i}")(y, trains(stage))
+            bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, sk_ratio=self.sk_ratio,
+            se_ratio=self.se_ratio, name=f"block{stage}_{i}")(y, trains(stage))
       intermediates[f"block{stage}"] = y
 
     if self.freeze_through == len(stage_blocks):

@@ -41,6 +41,8 @@ class SimCLRModel(nn.Module):
   proj_dim: int = 128
   num_classes: int = 0
   probe_layer: int = 0
+  sk_ratio: float = 0.0
+  se_ratio: float = 0.0
 
   def __post_init__(self):
     # Submodules are built lazily in setup(); check their fields now for an early error.
@@ -61,7 +63,8 @@ class SimCLRModel(nn.Module):
     self.encoder = ResNet(
         depth=self.depth, width_multiplier=self.width_multiplier,
         cifar_stem=self.cifar_stem, dtype=self.dtype, bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon, axis_name=self.axis_name)
+        bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, sk_ratio=self.sk_ratio,
+        se_ratio=self.se_ratio)
     self.head = ProjectionHead(
         mode=self.head_mode, num_layers=self.head_num_layers, out_dim=self.proj_dim,
         dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
@@ -87,6 +90,23 @@ class SimCLRModel(nn.Module):
     if self.num_classes > 0:
       out["logits"] = self.classifier(jax.lax.stop_gradient(hiddens[self.probe_layer]))
     return out
+
+  def endpoints(self, x: Array) -> dict[str, Array]:
+    """Inference outputs (float32), named as the official TF-Hub module's signature.
+
+    {'h', 'z', 'initial_conv' (the stem's last conv, before BN), 'initial_max_pool'
+    (the stem's output), 'block_group1'..'block_group4', 'final_avg_pool' (= h),
+    'proj_head_output' (= z) and, when num_classes > 0, 'logits_sup'}.
+    """
+    h, inter = self.encoder(x, False, return_intermediates=True)
+    z, hiddens = self.head(h, False, return_hidden=True)
+    out = {"h": h, "z": z, "initial_conv": inter["stem_conv"],
+           "initial_max_pool": inter["stem"],
+           **{f"block_group{i}": inter[f"block{i}"] for i in range(1, 5)},
+           "final_avg_pool": h, "proj_head_output": z}
+    if self.num_classes > 0:
+      out["logits_sup"] = self.classifier(hiddens[self.probe_layer])
+    return {k: v.astype(jnp.float32) for k, v in out.items()}
 
   def encode(self, x: Array, train: bool) -> Array:
     """h: [B, C] float32 only (use with model.apply(..., method='encode'))."""
@@ -125,4 +145,6 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
       proj_dim=model_config.proj_dim,
       num_classes=num_classes,
       # Absent from the configs of checkpoints written before the field existed.
-      probe_layer=model_config.get("probe_from_projection_layer", 0))
+      probe_layer=model_config.get("probe_from_projection_layer", 0),
+      sk_ratio=model_config.get("sk_ratio", 0.0),
+      se_ratio=model_config.get("se_ratio", 0.0))
