@@ -80,11 +80,13 @@ def initialize_distributed() -> None:
 
 def log_setup(config, workdir: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  per_device = config.batch_size // jax.device_count()
+  batch = {"pretrain": config.batch_size, "linear_eval": config.linear_eval.batch_size,
+           "finetune": config.finetune.batch_size}.get(config.mode, config.eval_batch_size)
   logging.info("JAX %s: process %d of %d; %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
-  logging.info("Global batch %d, per device %d; config in %s", config.batch_size, per_device,
+  logging.info("%s: global batch %d, per device %d; config in %s", config.mode, batch,
+               batch // jax.device_count(),
                os.path.join(workdir, f"config_{config.mode}.json"))
   if FLAGS.verbose:
     logging.info("Config:\n%s", config)
@@ -98,17 +100,13 @@ def save_config(config, workdir: str) -> None:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
 
 
-def check_config(config, mode_checks) -> None:
-  """Every check that needs no workdir or data to be written."""
+def validate(config) -> None:
+  """The config's own checks (config_lib), before TensorFlow is imported."""
   import jax  # pylint: disable=import-outside-toplevel
   from simclr_jax import models  # pylint: disable=import-outside-toplevel
   config_lib.validate(config, num_devices=jax.device_count(),
                       process_count=jax.process_count(),
                       min_image_size=models.min_image_size(config.model.cifar_stem))
-  if config.mode != "export":  # export reads only the checkpoint
-    user_errors.check_dataset(config.dataset)
-  if config.mode in mode_checks:
-    mode_checks[config.mode](config)
 
 
 def print_plan(config, workdir: str) -> None:
@@ -133,12 +131,16 @@ def main(argv):
     config = FLAGS.config
     user_errors.check_workdir(FLAGS.workdir)
     config_lib.validate_mode(config)
+    initialize_distributed()
+    validate(config)
     jobs, mode_checks = load_modes()
     if not FLAGS.verbose:
       console.quiet_libraries(logging.get_absl_handler())
     hide_accelerators_from_tensorflow()
-    initialize_distributed()
-    check_config(config, mode_checks)
+    if config.mode != "export":  # export reads only the checkpoint
+      user_errors.check_dataset(config.dataset)
+    if config.mode in mode_checks:
+      mode_checks[config.mode](config)
     if FLAGS.dry_run:
       print_plan(config, FLAGS.workdir)
       return

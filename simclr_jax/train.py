@@ -6,6 +6,7 @@ continues exactly where it stopped.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import probe
+from simclr_jax import progress as progress_lib
 from simclr_jax import train_step as ts
 from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
 
@@ -111,21 +113,6 @@ def check_finite(step: int, metrics: dict) -> None:
                            "checkpoint was kept as the latest one")
 
 
-class Throughput:
-  """Images/second and ETA over each logging window."""
-
-  def __init__(self, batch_size: int, start_step: int, total_steps: int):
-    self.batch_size, self.total_steps = batch_size, total_steps
-    self.t0, self.step0 = time.time(), start_step
-
-  def __call__(self, step: int) -> dict[str, float]:
-    now = time.time()
-    seconds_per_step = (now - self.t0) / max(step - self.step0, 1)
-    self.t0, self.step0 = now, step
-    return {"images_per_s": self.batch_size / seconds_per_step,
-            "eta_minutes": (self.total_steps - step) * seconds_per_step / 60}
-
-
 def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
                log: metric_log.MetricLog) -> TrainState:
   """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
@@ -141,18 +128,24 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   batches = input_pipeline.create_pretrain_dataset(
       config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
   meta = checkpointing.config_meta(config)
-  rate, window = Throughput(config.batch_size, start, run.total_steps), []
+  progress, window = progress_lib.Progress(config.batch_size, start, run.total_steps), []
+  logging.info("step %d/%d: compiling the train step", start + 1, run.total_steps)
   with checkpointing.PreemptionFlag() as preempted:
     for step in range(start + 1, run.total_steps + 1):
       state, metrics = step_fn(state, ts.shard_batch(next(batches), run.mesh))
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        progress.first_step_done(step)
       window.append(metrics)
       last = step == run.total_steps
       if step % config.log_every_steps == 0 or last:
         summary = metric_log.mean_metrics(window)
         window = []
         check_finite(step, summary)
-        summary.update(rate(step), epoch=step / run.steps_per_epoch)
-        log.write(step, summary)  # also logged to the console by clu
+        summary.update(progress.rates(step), epoch=step / run.steps_per_epoch)
+        log.write(step, summary, console=False)
+        if log.enabled:
+          logging.info("%s", progress.line(step, summary))
       if eval_step is not None and (step % config.eval_every_steps == 0 or last):
         log.write(step, evaluate_probe(run, eval_step, state))
       # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
@@ -173,6 +166,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
   Returns the last replicated state and whether the run reached its final step (False
   when it stopped early on a preemption signal, after saving).
   """
+  start = time.time()
   run = build_run(config, workdir)
   logging.info("Pretraining %d steps (%d per epoch), global batch %d over %d devices",
                run.total_steps, run.steps_per_epoch, config.batch_size, jax.device_count())
@@ -182,10 +176,33 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
     state = init_or_restore(run, ckpt)
     state = train_loop(run, state, ckpt, log)
     ckpt.wait()
+    if log.enabled:
+      losses = [r["loss"] for r in metric_log.read_jsonl(log.path) if "loss" in r]
+      logging.info("%s", progress_lib.summary_line(
+          int(state.step), time.time() - start, losses[-1] if losses else None,
+          f"{ckpt.directory}/{ckpt.latest_step()}"))
   finally:
     ckpt.close()
     log.close()
   return state, int(state.step) == run.total_steps
+
+
+def finished(config, workdir: str) -> str | None:
+  """What a re-run of a finished run would redo: nothing; says so (else None)."""
+  total = build_run(config, workdir).total_steps
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    latest = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  path = os.path.join(workdir, "metrics.jsonl")
+  probed = not config.probe.final or (os.path.exists(path) and any(
+      "linear_probe_top1" in r for r in metric_log.read_jsonl(path)))
+  if latest != total or not probed:
+    return None
+  return (f"Already finished: step {total}/{total}, checkpoint {ckpt.directory}/{total}, "
+          f"metrics in {path}; nothing to do (a new --workdir or a larger "
+          "config.num_train_steps trains further)")
 
 
 def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
@@ -214,6 +231,10 @@ def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
 
 def pretrain_and_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """The `pretrain` mode: pretraining, then (config.probe.final) the linear probes."""
+  done = finished(config, workdir)
+  if done:
+    logging.info("%s", done)
+    return {}
   start = time.time()
   state, completed = pretrain(config, workdir)
   if not (completed and config.probe.final):
