@@ -32,7 +32,7 @@ class Progress:
   def __init__(self, batch_size: int, start_step: int, total_steps: int):
     self.batch_size, self.start_step, self.total_steps = batch_size, start_step, total_steps
     self.t0, self.step0 = time.time(), start_step
-    self.compile_seconds = None
+    self.compile_seconds, self.compile_reported = None, False
 
   def first_step_done(self, step: int) -> None:
     """Call once the first step's outputs are ready (compilation included)."""
@@ -56,9 +56,10 @@ class Progress:
     if "eta_minutes" in metrics:
       parts += [f"ETA {format_duration(60 * metrics['eta_minutes'])}",
                 f"{metrics['images_per_s']:.0f} img/s"]
-    else:
-      parts.append(f"compiling + first step {format_duration(self.compile_seconds or 0)}")
     parts += [f"{short} {metrics[key]:.4g}" for key, short in KEY_METRICS if key in metrics]
+    if self.compile_seconds is not None and not self.compile_reported:
+      parts.append(f"(first step, compiling: {format_duration(self.compile_seconds)})")
+      self.compile_reported = True
     return "  ".join(parts)
 
 

@@ -189,7 +189,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
 
 def finished(config, workdir: str) -> str | None:
   """What a re-run of a finished run would redo: nothing; says so (else None)."""
-  total = build_run(config, workdir).total_steps
+  info = input_pipeline.dataset_info(
+      config, data_dir=input_pipeline.default_data_dir(config, workdir))
+  _, total = plan_steps(config, info.num_train_examples)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     latest = ckpt.latest_step()
