@@ -58,7 +58,7 @@ def test_invalid_config_fails_early_naming_the_field(tmp_path, override, message
   assert not os.path.exists(tmp_path / "run")
 
 
-PROGRESS = re.compile(r"step (\d+)/4 \((\d+)%\)  ETA \d+s  \d+ img/s  loss [\d.]+  "
+PROGRESS = re.compile(r"step (\d+)/4 \((\d+)%\)  ETA [\dhms]+  \d+ img/s  loss [\d.]+  "
                       r"contrast_acc [\d.e-]+  probe_acc [\d.e-]+  lr [\d.e-]+")
 
 
@@ -80,8 +80,8 @@ def test_digits_job_writes_probe_table(tmp_path):
   console = proc.stderr
   assert [m.groups() for m in PROGRESS.finditer(console)] == [("2", "50"), ("4", "100")]
   assert "step 1/4: compiling the train step" in console
-  assert re.search(r"\(first step, compiling: \d+s\)", console)
-  assert re.search(r"Pretraining done: 4 steps in \d+s, last loss [\d.]+; checkpoint "
+  assert re.search(r"\(first step, compiling: [\dhms]+\)", console)
+  assert re.search(r"Pretraining done: 4 steps in [\dhms]+, last loss [\d.]+; checkpoint "
                    f"{re.escape(workdir)}/checkpoints/4", console)
   for noise in ("oneDNN", "absl::InitializeLog", "Config:", "contrast_entropy="):
     assert noise not in console, noise
