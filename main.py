@@ -131,6 +131,8 @@ def main(argv):
     config = FLAGS.config
     user_errors.check_workdir(FLAGS.workdir)
     config_lib.validate_mode(config)
+    if not FLAGS.verbose:
+      console.quiet_native_logs()
     initialize_distributed()
     validate(config)
     jobs, mode_checks = load_modes()

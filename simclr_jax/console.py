@@ -15,14 +15,18 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1", "TPU_MIN_LOG_LEVEL": "1",
              "TPU_STDERR_LOG_LEVEL": "1"}
 
 
+def quiet_native_logs() -> None:
+  """Before JAX or TensorFlow start: their C++ logs (and libtpu's) at WARNING and above."""
+  for key, value in QUIET_ENV.items():
+    os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
 def native_stderr_silenced(enabled: bool = True):
   """Sends what C++ code writes to stderr inside the block to /dev/null."""
   if not enabled:
     yield
     return
-  for key, value in QUIET_ENV.items():
-    os.environ.setdefault(key, value)
   sys.stderr.flush()
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)

@@ -16,7 +16,7 @@ from absl import flags
 from simclr_jax.config_lib import ConfigError
 
 EXIT_STATUS = 2
-_OVERRIDE = re.compile(r"--config\.([\w.]+)(?:=(.*))?$", re.DOTALL)
+_OVERRIDE = re.compile(r"--config\.([\w.]+)")
 
 
 def verbose(argv) -> bool:
@@ -53,6 +53,8 @@ def describe(error: Exception, argv, flag_values=flags.FLAGS) -> str:
       return f"--{name} is required"
     if name == "config":
       return f"--config={value}: the config file failed to load: {_last_line(reason)}"
+    if not name.startswith("config."):
+      return f"--{name} = {value!r} is not allowed: {_last_line(reason)}"
     expected = _field_type(flag_values, argv, name)
     return (f"config.{name.removeprefix('config.')} = {value!r} is not allowed: "
             f"expected {expected or _last_line(reason)}")
