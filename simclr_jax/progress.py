@@ -63,8 +63,11 @@ class Progress:
     return "  ".join(parts)
 
 
-def summary_line(steps: int, wall_seconds: float, last_loss: float | None,
+def summary_line(step: int, total_steps: int, wall_seconds: float, last_loss: float | None,
                  checkpoint: str) -> str:
+  """The line at the end of pretraining (done, or stopped early on a preemption signal)."""
+  what = (f"done: {step} steps" if step == total_steps
+          else f"stopped at step {step}/{total_steps}")
   loss = f", last loss {last_loss:.4g}" if last_loss is not None else ""
-  return (f"Pretraining done: {steps} steps in {format_duration(wall_seconds)}{loss}; "
+  return (f"Pretraining {what} in {format_duration(wall_seconds)}{loss}; "
           f"checkpoint {checkpoint}")

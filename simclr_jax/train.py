@@ -179,7 +179,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
     if log.enabled:
       losses = [r["loss"] for r in metric_log.read_jsonl(log.path) if "loss" in r]
       logging.info("%s", progress_lib.summary_line(
-          int(state.step), time.time() - start, losses[-1] if losses else None,
+          int(state.step), run.total_steps, time.time() - start,
+          losses[-1] if losses else None,
           f"{ckpt.directory}/{ckpt.latest_step()}"))
   finally:
     ckpt.close()

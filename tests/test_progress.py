@@ -35,3 +35,10 @@ def test_window_of_the_first_step_alone_says_compiling(monkeypatch):
   assert p.rates(11) == {}
   assert re.fullmatch(r"step 11/100 \(11%\)  loss 1  \(first step, compiling: 12s\)",
                       p.line(11, {"loss": 1.0}))
+
+
+def test_summary_line_done_or_stopped():
+  assert progress.summary_line(330, 330, 724, 4.38372, "w/checkpoints/330") == (
+      "Pretraining done: 330 steps in 12m04s, last loss 4.384; checkpoint w/checkpoints/330")
+  assert progress.summary_line(40, 330, 59.6, None, "w/checkpoints/40") == (
+      "Pretraining stopped at step 40/330 in 1m00s; checkpoint w/checkpoints/40")
