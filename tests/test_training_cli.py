@@ -48,7 +48,7 @@ def test_paper_configs_run_on_mock_data(tmp_path, config, overrides):
 
 @pytest.mark.parametrize("override,message", [
     ("--config.batch_size=30", "config.batch_size = 30"),  # 4 devices
-    ("--config.loss.temperature=0", "config.loss.temperature = 0"),
+    ("--config.loss.temperature=0", "config.loss.temperature = 0.0"),
     ("--config.data.image_size=4", "config.data.image_size = 4"),
     ("--config.model.depth=19", "config.model.depth = 19"),
     ("--config.augment.blur_on=gpu", "config.augment.blur_on = 'gpu'"),
