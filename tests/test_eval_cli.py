@@ -1,6 +1,7 @@
 """End to end from the command line: pretrain briefly on digits, then linear evaluation
 (protocol and cached fast path), fine-tuning on 10% of the labels, kNN and export, each
-a `python main.py` run whose figures land in metrics.jsonl."""
+a `python main.py` run whose figures land in metrics.jsonl (export: export_metrics.jsonl;
+its run is the README's export block)."""
 
 import json
 import os
