@@ -181,7 +181,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
       logging.info("%s", progress_lib.summary_line(
           int(state.step), run.total_steps, time.time() - start,
           losses[-1] if losses else None,
-          f"{ckpt.directory}/{ckpt.latest_step()}"))
+          f"{ckpt.directory}/{int(state.step)}"))  # the loop saves its last step
   finally:
     ckpt.close()
     log.close()
