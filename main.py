@@ -101,7 +101,7 @@ def save_config(config, workdir: str) -> None:
 
 
 def validate(config) -> None:
-  """The config's own checks (config_lib)."""
+  """The config's own checks (config_lib), before TensorFlow is imported."""
   import jax  # pylint: disable=import-outside-toplevel
   from simclr_jax import models  # pylint: disable=import-outside-toplevel
   config_lib.validate(config, num_devices=jax.device_count(),
@@ -133,14 +133,12 @@ def main(argv):
     config_lib.validate_mode(config)
     if not FLAGS.verbose:
       console.quiet_native_logs()
-    # TensorFlow loads before JAX starts its backend (the start-up order the numerical
-    # tests were measured with); only flag and config-file mistakes fail before it.
+    initialize_distributed()
+    validate(config)
     jobs, mode_checks = load_modes()
     if not FLAGS.verbose:
       console.quiet_libraries(logging.get_absl_handler())
     hide_accelerators_from_tensorflow()
-    initialize_distributed()
-    validate(config)
     if config.mode != "export":  # export reads only the checkpoint
       user_errors.check_dataset(config.dataset)
     if config.mode in mode_checks:

@@ -1,7 +1,6 @@
 """`python main.py` with a user's mistake: one line on stderr naming the field, the value
 and what is allowed, exit status 2, no traceback, nothing written; --verbose shows the
-traceback. Mistakes in the flags or the config file fail in about a second (before
-TensorFlow is imported); a config value breaking a check of config_lib in seconds."""
+traceback. Mistakes caught before TensorFlow's import take about a second each."""
 
 import os
 import subprocess
@@ -49,7 +48,7 @@ def assert_one_line(proc, workdir, expected: str):
      "--config=configs/digits.py:extra: the config file failed to load: TypeError: "
      "get_config() takes 0 positional arguments but 1 was given"),
 ])
-def test_mistake_in_flags_or_config_is_one_line(tmp_path, args, expected):
+def test_mistake_before_tensorflow_is_one_line(tmp_path, args, expected):
   workdir = tmp_path / "run"
   assert_one_line(run(workdir, *args), str(workdir), expected)
 
