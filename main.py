@@ -8,7 +8,6 @@ anything that JAX does not detect by itself pass --coordinator_address,
 """
 
 import json
-import logging as py_logging
 import os
 
 import simclr_jax  # noqa: F401  (sets XLA CPU flags before JAX starts its backend)
@@ -16,15 +15,11 @@ import simclr_jax  # noqa: F401  (sets XLA CPU flags before JAX starts its backe
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from simclr_jax import config_lib
-from simclr_jax import evaluate
-from simclr_jax import export
-from simclr_jax import models
-from simclr_jax import resume_check
-from simclr_jax import train
+from simclr_jax import console
+from simclr_jax import user_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
@@ -36,30 +31,36 @@ flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 flags.DEFINE_integer("initialization_timeout", 300,
                      "Seconds to wait for the other processes to join.")
+flags.DEFINE_bool("verbose", False, "Show library logs, the config and tracebacks of a "
+                  "user's mistakes (otherwise one line, exit status 2).")
+flags.DEFINE_bool("dry_run", False, "Print the resolved config and the run plan, then exit "
+                  "without training.")
+flags.DEFINE_alias("print_config", "dry_run")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# config.mode -> the job; each takes (config, workdir).
-MODES = {
-    "pretrain": train.pretrain_and_probe,
-    "linear_eval": evaluate.linear_eval,
-    "finetune": evaluate.finetune,
-    "knn": evaluate.knn_eval,
-    "export": export.export,
-}
-# config.mode -> a check of (config, workdir) that must pass before anything is written.
-WORKDIR_CHECKS = {
-    "pretrain": resume_check.check_pretrain_resume,
-    "export": export.target_dir,
-}
 
 
-class QuietLibraries(py_logging.Filter):
-  """Keeps Orbax's and tfds's INFO chatter out of the console (warnings still show)."""
-  NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+def load_modes():
+  """{config.mode: job(config, workdir)}, {mode: early check(config, workdir)}.
 
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or not any(
-        part in record.pathname for part in self.NOISY)
+  Imported once the flags are parsed, so that a mistyped flag fails at once rather than
+  after TensorFlow's import (seconds), whose C++ start-up messages go to /dev/null.
+  """
+  # pylint: disable=import-outside-toplevel
+  with console.native_stderr_silenced(not FLAGS.verbose):
+    from simclr_jax import evaluate
+    from simclr_jax import export
+    from simclr_jax import resume_check
+    from simclr_jax import train
+  jobs = {"pretrain": train.pretrain_and_probe, "linear_eval": evaluate.linear_eval,
+          "finetune": evaluate.finetune, "knn": evaluate.knn_eval, "export": export.export}
+  # Mode checks that need no checkpoint (finetune's need the pretrained head's depth),
+  # and checks of (config, workdir): a resumed run's model, the export's target.
+  checks = {"linear_eval": lambda c, _: evaluate.validate_linear_eval(c),
+            "knn": lambda c, _: evaluate.validate_knn(c),
+            "pretrain": resume_check.check_pretrain_resume,
+            "export": export.target_dir}
+  return jobs, checks
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -71,6 +72,7 @@ def hide_accelerators_from_tensorflow() -> None:
 
 def initialize_distributed() -> None:
   """Joins a multi-process job when flags or the environment describe one."""
+  import jax  # pylint: disable=import-outside-toplevel
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
@@ -81,41 +83,82 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()  # auto-detected cluster
 
 
-def log_setup(config) -> None:
-  per_device = config.batch_size // jax.device_count()
+def log_setup(config, workdir: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  batch = {"pretrain": config.batch_size, "linear_eval": config.linear_eval.batch_size,
+           "finetune": config.finetune.batch_size}.get(config.mode, config.eval_batch_size)
   logging.info("JAX %s: process %d of %d; %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
-  logging.info("Global batch %d, per device %d", config.batch_size, per_device)
-  logging.info("Config:\n%s", config)
+  logging.info("%s: global batch %d, per device %d; config in %s", config.mode, batch,
+               batch // jax.device_count(),
+               os.path.join(workdir, f"config_{config.mode}.json"))
+  if FLAGS.verbose:
+    logging.info("Config:\n%s", config)
 
 
 def save_config(config, workdir: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, f"config_{config.mode}.json"), "w") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(QuietLibraries())
-  hide_accelerators_from_tensorflow()
-  initialize_distributed()
-  config = FLAGS.config
-  if config.mode not in MODES:
-    raise app.UsageError(f"config.mode = {config.mode!r} is not allowed: expected one of "
-                         f"{sorted(MODES)}")
+def validate(config) -> None:
+  """The config's own checks (config_lib), before TensorFlow is imported."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from simclr_jax import models  # pylint: disable=import-outside-toplevel
   config_lib.validate(config, num_devices=jax.device_count(),
                       process_count=jax.process_count(),
                       min_image_size=models.min_image_size(config.model.cifar_stem))
-  if config.mode in WORKDIR_CHECKS:
-    WORKDIR_CHECKS[config.mode](config, FLAGS.workdir)
-  log_setup(config)
-  save_config(config, FLAGS.workdir)
-  MODES[config.mode](config, FLAGS.workdir)
+
+
+def print_plan(config, workdir: str) -> None:
+  """--dry_run: the resolved config and what the run would do (digits: built first)."""
+  # pylint: disable=import-outside-toplevel
+  from simclr_jax import evaluate
+  from simclr_jax import run_plan
+  from simclr_jax import train
+  print(config)
+  if config.mode == "pretrain":
+    plan = run_plan.pretrain_plan(train.build_run(config, workdir))
+  else:
+    plan = {"mode": config.mode, "pretrained encoder from": evaluate.init_from(config, workdir)}
+  print(run_plan.format_plan(plan, f"Run plan ({config.mode})"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    user_errors.exit_with(config_lib.ConfigError(f"unexpected arguments {argv[1:]}: "
+                                                 "expected only --flags"))
+  try:
+    config = FLAGS.config
+    user_errors.check_workdir(FLAGS.workdir)
+    config_lib.validate_mode(config)
+    if not FLAGS.verbose:
+      console.quiet_native_logs()
+    initialize_distributed()
+    validate(config)
+    jobs, mode_checks = load_modes()
+    if not FLAGS.verbose:
+      console.quiet_libraries(logging.get_absl_handler())
+    hide_accelerators_from_tensorflow()
+    if config.mode != "export":  # export reads only the checkpoint
+      user_errors.check_dataset(config.dataset)
+    if config.mode in mode_checks:
+      mode_checks[config.mode](config, FLAGS.workdir)
+    if FLAGS.dry_run:
+      print_plan(config, FLAGS.workdir)
+      return
+    log_setup(config, FLAGS.workdir)
+    save_config(config, FLAGS.workdir)
+    jobs[config.mode](config, FLAGS.workdir)
+  except config_lib.ConfigError as e:
+    if FLAGS.verbose:
+      raise
+    user_errors.exit_with(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=user_errors.parse_flags)

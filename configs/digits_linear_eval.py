@@ -1,7 +1,7 @@
 """Linear evaluation of the offline digits encoder (`make demo`'s pretraining run).
 
 The official protocol (frozen encoder, zero-initialised linear classifier, Nesterov
-SGD, crop + flip, cosine, no warm-up; configs/cifar10_linear_eval.py), sized for 1,437
+SGD, crop + flip, cosine, no warm-up; configs/cifar10_linear_eval.py), sized for 1,438
 training images: B = 128, 60 epochs (660 steps), no weight decay. Digits are not
 mirror-symmetric, so the "flip" stays off (configs/digits.py). The other digits modes
 need no protocol changes and use configs/digits.py with --config.mode=knn / export /

@@ -42,10 +42,22 @@ def _probability(config, field: str):
     _fail(field, value, "expected a probability in [0, 1]")
 
 
+def _pair(config, field: str) -> tuple[float, float]:
+  value = _get(config, field)
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or not all(isinstance(v, (int, float)) for v in value)):
+    _fail(field, value, f"expected a pair (low, high), e.g. --config.{field}='(0.1, 0.9)'")
+  return tuple(value)
+
+
 def _get(config, field: str):
   for part in field.split("."):
     config = config[part]
   return config
+
+
+def validate_mode(config: ml_collections.ConfigDict) -> None:
+  _one_of(config, "mode", MODES)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
@@ -103,20 +115,17 @@ def _validate_model(config):
 
 
 def _validate_augment(config):
-  aug = config.augment
   for field in ("color_jitter_prob", "grayscale_prob", "blur_prob"):
     _probability(config, f"augment.{field}")
   _positive(config, "augment.color_strength", strict=False)
-  lo, hi = aug.area_range
+  lo, hi = _pair(config, "augment.area_range")
   if not 0.0 < lo <= hi <= 1.0:
-    _fail("augment.area_range", tuple(aug.area_range), "expected 0 < low <= high <= 1")
-  lo, hi = aug.aspect_ratio_range
+    _fail("augment.area_range", (lo, hi), "expected 0 < low <= high <= 1")
+  lo, hi = _pair(config, "augment.aspect_ratio_range")
   if not 0.0 < lo <= hi:
-    _fail("augment.aspect_ratio_range", tuple(aug.aspect_ratio_range),
-          "expected 0 < low <= high")
-  lo, hi = aug.blur_sigma_range
+    _fail("augment.aspect_ratio_range", (lo, hi), "expected 0 < low <= high")
+  lo, hi = _pair(config, "augment.blur_sigma_range")
   if not 0.0 < lo <= hi:
-    _fail("augment.blur_sigma_range", tuple(aug.blur_sigma_range),
-          "expected 0 < low <= high (pixels)")
+    _fail("augment.blur_sigma_range", (lo, hi), "expected 0 < low <= high (pixels)")
   _one_of(config, "augment.blur_on", BLUR_ON)
   _one_of(config, "augment.jitter_impl", JITTER_IMPLS)

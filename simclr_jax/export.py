@@ -47,6 +47,7 @@ MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 SAVED_MODEL_DIR = "saved_model"
 JAX_EXPORT_FILE = "encoder.jax_export"
+EXPORT_METRICS = "export_metrics.jsonl"  # in the workdir of mode=export
 # model.json fields the model is rebuilt from (SimCLRModel's), with the defaults of those
 # that exports written before they existed lack. num_classes > 0 only for an imported
 # supervised head (convert.py); pretraining exports never keep the online probe.
@@ -323,10 +324,20 @@ def load_encoder(path: str) -> Callable[[jax.Array], jax.Array]:
   """A jitted `images [b, S, S, 3] float32 in [0, 1] -> h [b, C] float32` from an export.
 
   Needs only the export directory (or a workdir with export/), no training config.
+  Like the SavedModel, it takes only the exported side S (model.json "input").
   """
-  model, variables, _ = load_variables(path)
-  return jax.jit(lambda images: model.apply(variables, images, train=False,
-                                            method="encode"))
+  model, variables, spec = load_variables(path)
+  size = spec["input"]["shape"][1]
+  encode = jax.jit(lambda images: model.apply(variables, images, train=False,
+                                              method="encode"))
+
+  def checked(images):
+    if tuple(np.shape(images)[1:]) != (size, size, 3):
+      raise ExportError(f"images of shape {list(np.shape(images))} do not fit export "
+                        f"{spec['path']!r}: it takes [batch, {size}, {size}, 3] (model.json "
+                        "input; config.export.image_size sets it)")
+    return encode(images)
+  return checked
 
 
 def load_jax_export(path: str) -> jax.export.Exported:
@@ -398,7 +409,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = build_model(spec["model"])
   results = verify_export(export_dir, model, pretrained.variables, image_size)
   results.update(export_image_size=image_size, pretrain_step=pretrained.step)
-  log = metric_log.MetricLog(workdir)
+  log = metric_log.MetricLog(workdir, EXPORT_METRICS)  # not the pretraining's metrics.jsonl
   try:
     log.write(pretrained.step, {**results, "export_dir": export_dir})
   finally:

@@ -22,27 +22,31 @@ def _plain(value):
 class MetricLog:
   """Writes `{name: scalar}` records, each tagged with its `step`."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, filename)
     if self.enabled:
       _end_partial_line(self.path)
-    self.writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard"), just_logging=not self.enabled,
-        asynchronous=False)
+    self.console = metric_writers.LoggingWriter()
+    self.writer = (metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+                   if self.enabled else None)
 
-  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+  def write(self, step: int, metrics: Mapping[str, float], *, console: bool = True) -> None:
+    """`console=False`: the caller prints its own line (pretraining progress)."""
     metrics = {k: _plain(v) for k, v in metrics.items()}
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if not self.enabled:
       return
+    if console:
+      self.console.write_scalars(step, scalars)
     self.writer.write_scalars(step, scalars)
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **metrics}) + "\n")
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
 
 
 def _end_partial_line(path: str) -> None:
@@ -73,9 +77,14 @@ def format_table(rows: Mapping[str, float], title: str = "") -> str:
   width = max([len(k) for k in rows] + [len(title)])
   lines = [title, "-" * (width + 12)] if title else []
   for k, v in rows.items():
-    shown = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+    shown = _number(v) if isinstance(v, float) and math.isfinite(v) else str(v)
     lines.append(f"{k:<{width}}  {shown:>10}")
   return "\n".join(lines)
+
+
+def _number(v: float) -> str:
+  """4 decimals, or 3 significant digits where those would read 0.0000 (1e-7 errors)."""
+  return f"{v:.4f}" if v == 0 or 1e-3 <= abs(v) < 1e7 else f"{v:.3e}"
 
 
 def mean_metrics(window: list[dict]) -> dict[str, float]:

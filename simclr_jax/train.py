@@ -8,6 +8,7 @@ logged without stopping the run.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import probe
+from simclr_jax import progress as progress_lib
 from simclr_jax import small_data
 from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
@@ -139,21 +141,6 @@ def evaluate_safely(what: str, step: int, evaluate: Callable[[], dict],
     logging.debug("%s failed", what, exc_info=True)
 
 
-class Throughput:
-  """Images/second and ETA over each logging window."""
-
-  def __init__(self, batch_size: int, start_step: int, total_steps: int):
-    self.batch_size, self.total_steps = batch_size, total_steps
-    self.t0, self.step0 = time.time(), start_step
-
-  def __call__(self, step: int) -> dict[str, float]:
-    now = time.time()
-    seconds_per_step = (now - self.t0) / max(step - self.step0, 1)
-    self.t0, self.step0 = now, step
-    return {"images_per_s": self.batch_size / seconds_per_step,
-            "eta_minutes": (self.total_steps - step) * seconds_per_step / 60}
-
-
 def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
                log: metric_log.MetricLog) -> TrainState:
   """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
@@ -171,18 +158,24 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   batches = input_pipeline.create_pretrain_dataset(
       config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
   meta = checkpointing.config_meta(config)
-  rate, window = Throughput(config.batch_size, start, run.total_steps), []
+  progress, window = progress_lib.Progress(config.batch_size, start, run.total_steps), []
+  logging.info("step %d/%d: compiling the train step", start + 1, run.total_steps)
   with checkpointing.PreemptionFlag() as preempted:
     for step in range(start + 1, run.total_steps + 1):
       state, metrics = step_fn(state, ts.shard_batch(next(batches), run.mesh))
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        progress.first_step_done(step)
       window.append(metrics)
       last = step == run.total_steps
       if step % config.log_every_steps == 0 or last:
         summary = metric_log.mean_metrics(window)
         window = []
         check_finite(step, summary, ckpt)
-        summary.update(rate(step), epoch=step / run.steps_per_epoch)
-        log.write(step, summary)  # also logged to the console by clu
+        summary.update(progress.rates(step), epoch=step / run.steps_per_epoch)
+        log.write(step, summary, console=False)
+        if log.enabled:
+          logging.info("%s", progress.line(step, summary))
       if ckpt.save_if_due(  # never checkpoint a broken state
           step, state, meta, every=config.checkpoint_every_steps, last=last,
           preempted=preempted,
@@ -206,6 +199,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
   Returns the last replicated state and whether the run reached its final step (False
   when it stopped early on a preemption signal, after saving).
   """
+  start = time.time()
   run = build_run(config, workdir)
   small_data.report(run.plan)
   logging.info("Pretraining %d steps (%d per epoch), global batch %d over %d devices",
@@ -216,10 +210,36 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
     state = init_or_restore(run, ckpt)
     state = train_loop(run, state, ckpt, log)
     ckpt.wait()
+    if log.enabled:
+      losses = [r["loss"] for r in metric_log.read_jsonl(log.path) if "loss" in r]
+      logging.info("%s", progress_lib.summary_line(
+          int(state.step), run.total_steps, time.time() - start,
+          losses[-1] if losses else None,
+          f"{ckpt.directory}/{int(state.step)}"))  # the loop saves its last step
   finally:
     ckpt.close()
     log.close()
   return state, int(state.step) == run.total_steps
+
+
+def finished(config, workdir: str) -> str | None:
+  """What a re-run of a finished run would redo: nothing; says so (else None)."""
+  info = input_pipeline.dataset_info(
+      config, data_dir=input_pipeline.default_data_dir(config, workdir))
+  _, total = plan_steps(config, info.num_train_examples)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    latest = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  path = os.path.join(workdir, "metrics.jsonl")
+  probed = not config.probe.final or (os.path.exists(path) and any(
+      "linear_probe_top1" in r for r in metric_log.read_jsonl(path)))
+  if latest != total or not probed:
+    return None
+  return (f"Already finished: step {total}/{total}, checkpoint {ckpt.directory}/{total}, "
+          f"metrics in {path}; nothing to do (a new --workdir or a larger "
+          "config.num_train_steps trains further)")
 
 
 def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
@@ -253,6 +273,10 @@ def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
 
 def pretrain_and_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """The `pretrain` mode: pretraining, then (config.probe.final) the linear probes."""
+  done = finished(config, workdir)
+  if done:
+    logging.info("%s", done)
+    return {}
   start = time.time()
   state, completed = pretrain(config, workdir)
   if not (completed and config.probe.final):

@@ -1,6 +1,7 @@
 """End to end from the command line: pretrain briefly on digits, then linear evaluation
 (protocol and cached fast path), fine-tuning on 10% of the labels, kNN and export, each
-a `python main.py` run whose figures land in metrics.jsonl."""
+a `python main.py` run whose figures land in metrics.jsonl (export: export_metrics.jsonl;
+its run is the README's export block)."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 
 from simclr_jax import metric_log
 from tests import cli
+from tests import readme
 
 pytestmark = pytest.mark.slow
 
@@ -131,16 +133,21 @@ def test_knn_mode_matches_the_pretraining_monitor(pretrained, tmp_path):
   assert result["knn_top1"] > 0.2  # chance is 0.1
 
 
-def test_export(pretrained, tmp_path):
-  export_dir = str(tmp_path / "exported")
-  workdir = eval_run("configs/digits.py", pretrained, tmp_path / "run", "--config.mode=export",
-                     f"--config.export.dir={export_dir}", "--config.export.platforms=('cpu',)")
-  result = final(workdir, "export_saved_model_rel_err_h")
+def test_readme_export_example(pretrained, tmp_path):
+  """The README's export block, on a copy of the pretrained workdir (16 px, width 1/8)."""
+  demo = str(tmp_path / "demo")
+  shutil.copytree(pretrained, demo)
+  proc = readme.run_shell_block("export", {"workdirs/demo": demo},
+                                ["--config.export.platforms=('cpu',)"])
+  assert "h (8, 64) saved_model h (8, 64) z (8, 128)" in proc.stdout, proc.stdout[-2000:]
+  # The mode's checks: its own file; the pretraining's metrics.jsonl is left as it was.
+  result = metric_log.read_jsonl(os.path.join(demo, "export_metrics.jsonl"))[-1]
   assert result["export_image_size"] == 16  # the pretraining's, not digits.py's 32
   diffs = [v for k, v in result.items() if "_rel_err_" in k]
   assert len(diffs) == 5 and max(diffs) < 1e-5
-  assert sorted(os.listdir(export_dir)) == ["encoder.jax_export", "model.json",
-                                            "saved_model", "variables"]
+  assert records(demo) == records(pretrained)
+  assert sorted(os.listdir(os.path.join(demo, "export"))) == [
+      "encoder.jax_export", "model.json", "saved_model", "variables"]
 
 
 def test_export_into_the_pretraining_workdir_is_refused(pretrained, tmp_path):

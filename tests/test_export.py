@@ -85,12 +85,14 @@ def test_signatures_and_platforms(reloaded, exported):
   assert spec["pretrain_step"] == 7  # the latest checkpoint
 
 
-def test_mode_checks_itself_and_logs_to_metrics(exported):
+def test_mode_checks_itself_and_logs_to_its_own_metrics_file(exported):
   _, _, results, workdir, _ = exported
   diffs = {k: v for k, v in results.items() if "_rel_err_" in k}
   assert len(diffs) == 5  # variables h, jax_export h/z, saved_model h/z
   assert max(diffs.values()) < 1e-5
-  records = metric_log.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  # Not metrics.jsonl: run in a pretraining workdir, it would append to pretraining's.
+  assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+  records = metric_log.read_jsonl(os.path.join(workdir, export.EXPORT_METRICS))
   assert records[-1]["export_saved_model_rel_err_z"] == results[
       "export_saved_model_rel_err_z"]
 
@@ -156,6 +158,19 @@ def test_missing_file_is_incomplete(copy_of, artifact, loader):
   os.remove(victim)
   with pytest.raises(export.ExportError, match="incomplete: .* is missing"):
     loader(path)
+
+
+def test_encoder_takes_only_the_exported_size_like_the_saved_model(exported):
+  path = exported[0]
+  wrong = np.zeros((2, 2 * IMAGE_SIZE, 2 * IMAGE_SIZE, 3), np.float32)
+  with pytest.raises(export.ExportError,
+                     match=f"takes \\[batch, {IMAGE_SIZE}, {IMAGE_SIZE}, 3\\]"):
+    export.load_encoder(path)(wrong)
+  signature = export.load_saved_model(path).signatures["serving_default"]
+  with pytest.raises((TypeError, ValueError)):
+    signature(images=wrong)
+  right = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+  assert np.asarray(export.load_encoder(path)(right)).shape[0] == 2
 
 
 def test_not_an_export(tmp_path):
