@@ -31,7 +31,6 @@ import tensorflow_datasets as tfds
 from simclr_jax import augment as aug
 from simclr_jax import image_check
 
-aug.hide_accelerators()
 
 _JPEG, _PNG, _GIF, _BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM"
 IMAGE_MAGIC = (_JPEG, _PNG, _GIF, _BMP)  # what tf.io.decode_image reads
