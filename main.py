@@ -11,7 +11,9 @@ import json
 import logging as py_logging
 import os
 
-import simclr_jax  # noqa: F401  (sets XLA CPU flags before JAX starts its backend)
+from simclr_jax import platform
+
+platform.configure_xla_flags()  # before JAX starts its backend
 
 from absl import app
 from absl import flags
@@ -62,13 +64,6 @@ class QuietLibraries(py_logging.Filter):
         part in record.pathname for part in self.NOISY)
 
 
-def hide_accelerators_from_tensorflow() -> None:
-  """tf.data must run on the host and never claim GPU/TPU memory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
-
-
 def initialize_distributed() -> None:
   """Joins a multi-process job when flags or the environment describe one."""
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
@@ -101,7 +96,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(QuietLibraries())
-  hide_accelerators_from_tensorflow()
+  platform.hide_accelerators_from_tensorflow()
   initialize_distributed()
   config = FLAGS.config
   if config.mode not in MODES:

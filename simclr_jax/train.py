@@ -19,8 +19,8 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpointing
-from simclr_jax import grad_cache
 from simclr_jax import data
+from simclr_jax import grad_cache
 from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
@@ -29,6 +29,7 @@ from simclr_jax import small_data
 from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
 from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
+from simclr_jax.models import fusion_barrier
 
 
 class NonFiniteError(FloatingPointError):
@@ -67,7 +68,8 @@ def build_run(config, workdir: str) -> Run:
   steps_per_epoch, total_steps = plan_steps(config, info.num_train_examples)
   model = models.create_model(
       config.model, num_classes=info.num_classes if config.model.online_probe else 0,
-      axis_name=AXIS if config.model.global_bn else None)
+      axis_name=AXIS if config.model.global_bn else None,
+      fusion_barrier=fusion_barrier.applies())
   tx, schedule = ts.create_optimizer(config, info.num_train_examples, total_steps)
   return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
              steps_per_epoch, total_steps, plan)

@@ -8,7 +8,8 @@ training code would.
 import os
 import sys
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import jax
 import numpy as np
 import tensorflow as tf
