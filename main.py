@@ -10,7 +10,9 @@ anything that JAX does not detect by itself pass --coordinator_address,
 import json
 import os
 
-import simclr_jax  # noqa: F401  (sets XLA CPU flags before JAX starts its backend)
+from simclr_jax import platform
+
+platform.configure_xla_flags()  # before JAX starts its backend
 
 from absl import app
 from absl import flags
@@ -61,13 +63,6 @@ def load_modes():
             "pretrain": resume_check.check_pretrain_resume,
             "export": export.target_dir}
   return jobs, checks
-
-
-def hide_accelerators_from_tensorflow() -> None:
-  """tf.data must run on the host and never claim GPU/TPU memory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
 
 
 def initialize_distributed() -> None:
@@ -143,7 +138,7 @@ def main(argv):
     jobs, mode_checks = load_modes()
     if not FLAGS.verbose:
       console.quiet_libraries(logging.get_absl_handler())
-    hide_accelerators_from_tensorflow()
+    platform.hide_accelerators_from_tensorflow()
     if config.mode != "export":  # export reads only the checkpoint
       user_errors.check_dataset(config.dataset)
     if config.mode in mode_checks:

@@ -7,13 +7,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import simclr_jax  # noqa: E402,F401  (XLA CPU flags before the backend starts)
+from simclr_jax import platform  # noqa: E402
+platform.configure_xla_flags()  # before the JAX backend starts
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
 from simclr_jax import grad_cache  # noqa: E402
 from simclr_jax import models  # noqa: E402
+from simclr_jax.models import fusion_barrier  # noqa: E402
 from simclr_jax import train_step as ts  # noqa: E402
 
 # Presets: the two models the issue asks about.
@@ -36,14 +38,16 @@ def make_config(preset: str, batch_size: int, dtype: str, width: float = 1.0,
   return c
 
 
-def build_step(config, devices, num_classes: int = 1000):
+def build_step(config, devices, num_classes: int = 1000, barrier: bool | None = None):
   """(jitted step, replicated state, sharded synthetic batch) on `devices`.
 
   config.loss.chunks > 1 uses the gradient cache, as the training program does.
   """
   mesh = ts.make_mesh(devices)
   model = models.create_model(config.model, num_classes=num_classes if config.model.online_probe
-                              else 0, axis_name=ts.AXIS)
+                              else 0, axis_name=ts.AXIS,
+                              fusion_barrier=fusion_barrier.applies() if barrier is None
+                              else barrier)
   tx, schedule = ts.create_optimizer(config, num_examples=1000 * config.batch_size,
                                      total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)

@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 from configs import base  # noqa: E402
 from simclr_jax import augment  # noqa: E402
-from simclr_jax import input_pipeline as ip  # noqa: E402
+from simclr_jax import data as ip  # noqa: E402
 
 KEYS = {"cifar": "cifar_images_per_s", "imagenet": "imagenet_images_per_s",
         "imagenet_blur": "imagenet_blur_cpu_images_per_s"}

@@ -48,11 +48,10 @@ def peak_tflops(device) -> float | None:
 
 def main(argv):
   del argv
-  if not FLAGS.fusion_barrier:
-    fusion_barrier.applies = lambda: False
   devices = jax.devices()[:FLAGS.devices or None]
   config = harness.make_config(FLAGS.preset, FLAGS.batch_size, FLAGS.dtype, FLAGS.width)
-  step, state, batch = harness.build_step(config, devices)
+  step, state, batch = harness.build_step(config, devices, barrier=FLAGS.fusion_barrier and
+                                          fusion_barrier.applies())
   compiled, compile_s, flops = harness.compile_step(step, state, batch)
   median_s, times, state = harness.time_steps(compiled, state, batch, warmup=FLAGS.warmup,
                                               steps=FLAGS.steps)

@@ -1,7 +1,5 @@
-"""simclr_jax: SimCLR in JAX/Flax."""
+"""simclr_jax: SimCLR in JAX/Flax.
 
-from simclr_jax import platform as _platform
-
-# Must run before JAX initialises its backend; importing the package is the earliest
-# point every entry point (main.py, tests, benchmarks) shares.
-_platform.configure_xla_flags()
+Importing the package changes no process settings: entry points (main.py,
+tests/conftest.py, bench/harness.py) call `simclr_jax.platform` first.
+"""

@@ -42,3 +42,13 @@ def configure_xla_flags() -> None:
   """
   if cpu_only():
     os.environ["XLA_FLAGS"] = merge_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS)
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Keeps TensorFlow (tf.data, on the host) off GPUs/TPUs: they belong to JAX."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # already initialised, or no such device type: nothing to hide

@@ -20,8 +20,8 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpointing
+from simclr_jax import data
 from simclr_jax import grad_cache
-from simclr_jax import input_pipeline
 from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
@@ -31,6 +31,7 @@ from simclr_jax import small_data
 from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
 from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
+from simclr_jax.models import fusion_barrier
 
 
 class NonFiniteError(FloatingPointError):
@@ -43,7 +44,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   data_dir: str | None
-  info: Any  # input_pipeline.DatasetInfo
+  info: Any  # data.DatasetInfo
   mesh: jax.sharding.Mesh
   model: Any
   tx: Any
@@ -63,13 +64,14 @@ def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
 
 
 def build_run(config, workdir: str) -> Run:
-  data_dir = input_pipeline.default_data_dir(config, workdir)
-  info = input_pipeline.dataset_info(config, data_dir=data_dir)
-  plan = small_data.plan(config, input_pipeline.get_source(config, data_dir))
+  data_dir = data.default_data_dir(config, workdir)
+  info = data.dataset_info(config, data_dir=data_dir)
+  plan = small_data.plan(config, data.get_source(config, data_dir))
   steps_per_epoch, total_steps = plan_steps(config, info.num_train_examples)
   model = models.create_model(
       config.model, num_classes=info.num_classes if config.model.online_probe else 0,
-      axis_name=AXIS if config.model.global_bn else None)
+      axis_name=AXIS if config.model.global_bn else None,
+      fusion_barrier=fusion_barrier.applies())
   tx, schedule = ts.create_optimizer(config, info.num_train_examples, total_steps)
   return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
              steps_per_epoch, total_steps, plan)
@@ -104,7 +106,7 @@ def make_eval_step(model, mesh) -> Callable:
 
 
 def evaluate_probe(run: Run, eval_step, state: TrainState) -> dict[str, float]:
-  ds = input_pipeline.create_eval_dataset(run.config, data_dir=run.data_dir)
+  ds = data.create_eval_dataset(run.config, data_dir=run.data_dir)
   totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
   for batch in ds.as_numpy_iterator():
     counts = jax.device_get(eval_step(state, ts.shard_batch(batch, run.mesh)))
@@ -155,7 +157,7 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   eval_step = (make_eval_step(run.model, run.mesh)
                if config.model.online_probe and run.plan.eval_split else None)
   knn_every = config.knn_every_steps if run.plan.eval_split else 0
-  batches = input_pipeline.create_pretrain_dataset(
+  batches = data.create_pretrain_dataset(
       config, data_dir=run.data_dir, start_step=start).as_numpy_iterator()
   meta = checkpointing.config_meta(config)
   progress, window = progress_lib.Progress(config.batch_size, start, run.total_steps), []
@@ -249,7 +251,7 @@ def final_probes(config, workdir: str, state: TrainState) -> dict[str, float]:
   if not run.plan.probes:
     return {}
   def batches(split):
-    return lambda: input_pipeline.create_eval_dataset(
+    return lambda: data.create_eval_dataset(
         config, data_dir=run.data_dir, split=split).as_numpy_iterator()
   kwargs = dict(train_batches=batches(config.train_split),
                 test_batches=batches(config.eval_split),

@@ -2,7 +2,6 @@
 
 import os
 
-import simclr_jax  # noqa: F401
 import jax
 import numpy as np
 

@@ -5,7 +5,6 @@ import functools
 import numpy as np
 from scipy import stats
 
-import simclr_jax  # noqa: F401  (sets the XLA flags before JAX starts)
 import jax
 import jax.numpy as jnp
 import tensorflow as tf

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-import simclr_jax  # noqa: F401
 import jax
 import jax.numpy as jnp
 

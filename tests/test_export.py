@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-import simclr_jax  # noqa: F401
 import jax
 
 from simclr_jax import evaluate

@@ -14,7 +14,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import base
-from simclr_jax import input_pipeline as ip
+from simclr_jax import data as ip
+from simclr_jax.data import streams
 from simclr_jax.datasets import digits
 
 
@@ -154,12 +155,12 @@ def test_example_seeds_are_fold_ins_of_the_epoch_seed():
   source = ip.ArraySource(np.zeros([n, 4, 4, 3], np.uint8), np.arange(n), n)
   records = source.records("train", (0, 1), shuffle_files=False, seed=0)
   for start in (0, 3):
-    stream = ip._example_stream(records, n, seed=7, shard=2, shuffle_buffer=n, start=start,
+    stream = streams._example_stream(records, n, seed=7, shard=2, shuffle_buffer=n, start=start,
                                 prepare=None, cache=False)
     seeds = [ip.example_seeds(s).numpy() for _, _, s in stream.take(2 * n).as_numpy_iterator()]
     for k, got in enumerate(seeds, start=start):
       epoch, index = divmod(k, n)
-      expected = tf.random.experimental.stateless_fold_in(ip._seed_pair(7, 2, epoch),
+      expected = tf.random.experimental.stateless_fold_in(streams._seed_pair(7, 2, epoch),
                                                           tf.constant(index, tf.int64))
       np.testing.assert_array_equal(got, expected.numpy())
 

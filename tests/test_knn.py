@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import simclr_jax  # noqa: F401
 import jax
 
 from simclr_jax import knn

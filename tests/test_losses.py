@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-import simclr_jax  # noqa: F401  (sets the XLA flags before JAX starts)
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import simclr_jax  # noqa: F401  (sets the XLA CPU flags before JAX starts)
 
 import jax
 import jax.numpy as jnp
@@ -585,7 +584,8 @@ def test_bfloat16_compute_float32_params_and_outputs():
 
 _SHARD_MAP_SCRIPT = textwrap.dedent("""
     import json
-    import simclr_jax  # noqa: F401
+    from simclr_jax import platform
+    platform.configure_xla_flags()
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
     from simclr_jax.models import SimCLRModel
@@ -718,26 +718,25 @@ def test_fusion_barrier_is_the_identity_and_so_is_its_gradient():
   np.testing.assert_array_equal(np.asarray(dx), np.asarray(g))
 
 
-def test_fusion_barrier_only_in_cpu_training_and_gradients_unchanged(monkeypatch):
-  model = _tiny_model(axis_name="batch")
+def test_fusion_barrier_only_in_cpu_training_and_gradients_unchanged():
+  model = _tiny_model(axis_name="batch", fusion_barrier=True)
   x = images((8, 8, 8, 3), seed=13)
   variables = random_variables(model, x, seed=13)
   params, stats = variables["params"], variables["batch_stats"]
 
-  def loss_and_grad(params):
+  def loss_and_grad(model, params):
     def loss(params):
       out, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                            mutable=["batch_stats"])
       return _nt_xent(out["z"])
     return jax.value_and_grad(loss)(params)
 
-  def train_hlo_and_result():
-    fn = _on_one_device_mesh(loss_and_grad)
+  def train_hlo_and_result(model):
+    fn = _on_one_device_mesh(lambda p: loss_and_grad(model, p))
     return fn.lower(params).as_text(), fn(params)
 
-  hlo_on, (loss_on, grad_on) = train_hlo_and_result()
-  monkeypatch.setattr(fb, "applies", lambda: False)
-  hlo_off, (loss_off, grad_off) = train_hlo_and_result()
+  hlo_on, (loss_on, grad_on) = train_hlo_and_result(model)
+  hlo_off, (loss_off, grad_off) = train_hlo_and_result(model.clone(fusion_barrier=False))
   # 17 ReLUs of ResNet-18 (stem + 2 per block) store an activation through a barrier.
   assert hlo_on.count("collective_permute") == 17
   assert "collective_permute" not in hlo_off
@@ -745,7 +744,6 @@ def test_fusion_barrier_only_in_cpu_training_and_gradients_unchanged(monkeypatch
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                grad_on, grad_off)
   assert max(float(np.abs(a).max()) for a in jax.tree.leaves(grad_on)) > 1e-4
-  monkeypatch.undo()
   # Evaluation mode stores nothing for a gradient: no barrier there.
   eval_fn = _on_one_device_mesh(lambda p: model.apply(
       {"params": p, "batch_stats": stats}, x, train=False)["h"])

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import simclr_jax  # noqa: F401  (sets the XLA flags before JAX starts)
 import jax
 import jax.numpy as jnp
 import optax

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import simclr_jax  # noqa: F401
 import jax
 import jax.numpy as jnp
 import optax

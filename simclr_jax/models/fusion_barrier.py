@@ -20,7 +20,10 @@ from jax import lax
 
 
 def applies() -> bool:
-  """True where the barrier pays: XLA's CPU backend (GPU/TPU fuse differently)."""
+  """True where the barrier pays: XLA's CPU backend (GPU/TPU fuse differently).
+
+  The training program builds its model with `fusion_barrier=applies()`.
+  """
   return jax.default_backend() == "cpu"
 
 

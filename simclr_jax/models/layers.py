@@ -40,14 +40,15 @@ def conv(x: Array, features: int, kernel_size: int, strides: int, dtype: Dtype,
                  kernel_init=conv_kernel_init, name=name)(x)
 
 
-def relu(x: Array, train: bool, axis_name: str | None) -> Array:
+def relu(x: Array, train: bool, axis_name: str | None, barrier: bool = False) -> Array:
   """ReLU of an activation that the next layer stores for its gradient.
 
-  In training on the CPU backend it passes a fusion barrier (fusion_barrier.py: the
-  same values, a faster step); `axis_name` is the mapped axis the step runs under.
+  With `barrier`, in training it passes a fusion barrier (fusion_barrier.py: the same
+  values, a faster step on the CPU backend); `axis_name` is the mapped axis the step
+  runs under.
   """
   y = nn.relu(x)
-  if train and axis_name is not None and fusion_barrier.applies():
+  if barrier and train and axis_name is not None:
     y = fusion_barrier.fusion_barrier(y, axis_name)
   return y
 

@@ -125,6 +125,7 @@ class _BlockBase(NormMixin, nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  fusion_barrier: bool = False  # CPU training speed-up: see fusion_barrier.py
   sk_ratio: float = 0.0  # > 0: SK 3x3 conv (bottleneck) and ResNet-D shortcut
   se_ratio: float = 0.0  # > 0: squeeze-excitation after the last BN
 
@@ -153,10 +154,10 @@ class BasicBlock(_BlockBase):
   def __call__(self, x: Array, train: bool) -> Array:
     shortcut = self._shortcut(x, self.features, train)
     y = conv(x, self.features, 3, self.strides, self.dtype, "conv1")
-    y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
+    y = relu(self._bn(y, train, "bn1"), train, self.axis_name, self.fusion_barrier)
     y = conv(y, self.features, 3, 1, self.dtype, "conv2")
     y = self._se(self._bn(y, train, "bn2", zero_init=True))
-    return relu(y + shortcut, train, self.axis_name)
+    return relu(y + shortcut, train, self.axis_name, self.fusion_barrier)
 
 
 class BottleneckBlock(_BlockBase):
@@ -170,17 +171,18 @@ class BottleneckBlock(_BlockBase):
     out_features = _BOTTLENECK_EXPANSION * self.features
     shortcut = self._shortcut(x, out_features, train)
     y = conv(x, self.features, 1, 1, self.dtype, "conv1")
-    y = relu(self._bn(y, train, "bn1"), train, self.axis_name)
+    y = relu(self._bn(y, train, "bn1"), train, self.axis_name, self.fusion_barrier)
     if self.sk_ratio > 0:
       y = SKConv(self.features, self.strides, self.sk_ratio, dtype=self.dtype,
                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                 axis_name=self.axis_name, name="sk_conv2")(y, train)
+                 axis_name=self.axis_name, fusion_barrier=self.fusion_barrier,
+                 name="sk_conv2")(y, train)
     else:
       y = conv(y, self.features, 3, self.strides, self.dtype, "conv2")
-      y = relu(self._bn(y, train, "bn2"), train, self.axis_name)
+      y = relu(self._bn(y, train, "bn2"), train, self.axis_name, self.fusion_barrier)
     y = conv(y, out_features, 1, 1, self.dtype, "conv3")
     y = self._se(self._bn(y, train, "bn3", zero_init=True))
-    return relu(y + shortcut, train, self.axis_name)
+    return relu(y + shortcut, train, self.axis_name, self.fusion_barrier)
 
 
 class ResNet(nn.Module):
@@ -211,6 +213,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  fusion_barrier: bool = False  # CPU training speed-up: see fusion_barrier.py
   freeze_through: int = -1
   sk_ratio: float = 0.0
   se_ratio: float = 0.0
@@ -263,18 +266,18 @@ class ResNet(nn.Module):
     if self.cifar_stem:
       y = conv(x, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
       intermediates["stem_conv"] = y
-      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
+      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name, self.fusion_barrier)
     else:
       if self.sk_ratio > 0:  # ResNet-D stem: 3x3/2 to 32w, 3x3 to 32w, 3x3 to 64w
         y = conv(x, width(_STEM_WIDTH // 2), 3, 2, self.dtype, "stem_conv_a")
-        y = relu(bn(y, "stem_bn_a", trains(0)), trains(0), self.axis_name)
+        y = relu(bn(y, "stem_bn_a", trains(0)), trains(0), self.axis_name, self.fusion_barrier)
         y = conv(y, width(_STEM_WIDTH // 2), 3, 1, self.dtype, "stem_conv_b")
-        y = relu(bn(y, "stem_bn_b", trains(0)), trains(0), self.axis_name)
+        y = relu(bn(y, "stem_bn_b", trains(0)), trains(0), self.axis_name, self.fusion_barrier)
         y = conv(y, width(_STEM_WIDTH), 3, 1, self.dtype, "stem_conv")
       else:
         y = conv(x, width(_STEM_WIDTH), 7, 2, self.dtype, "stem_conv")
       intermediates["stem_conv"] = y
-      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name)
+      y = relu(bn(y, "stem_bn", trains(0)), trains(0), self.axis_name, self.fusion_barrier)
       # The official code max-pools with TF 'SAME' padding (not the fixed padding).
       y = nn.max_pool(y, (3, 3), strides=(2, 2), padding="SAME")
     intermediates["stem"] = y
@@ -288,7 +291,8 @@ class ResNet(nn.Module):
             features=width(stage_width), strides=stage_stride if i == 0 else 1,
             use_projection=i == 0, dtype=self.dtype, bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, sk_ratio=self.sk_ratio,
-            se_ratio=self.se_ratio, name=f"block{stage}_{i}")(y, trains(stage))
+            se_ratio=self.se_ratio, fusion_barrier=self.fusion_barrier,
+            name=f"block{stage}_{i}")(y, trains(stage))
       intermediates[f"block{stage}"] = y
 
     if self.freeze_through == len(stage_blocks):

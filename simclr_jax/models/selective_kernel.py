@@ -35,11 +35,12 @@ class SKConv(NormMixin, nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  fusion_barrier: bool = False  # CPU training speed-up: see fusion_barrier.py
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     y = conv(x, 2 * self.features, 3, self.strides, self.dtype, "conv")
-    y = relu(self._bn(y, train, "bn"), train, self.axis_name)
+    y = relu(self._bn(y, train, "bn"), train, self.axis_name, self.fusion_barrier)
     streams = jnp.stack(jnp.split(y, 2, axis=-1))  # [2, B, H, W, features]
     pooled = jnp.mean(jnp.sum(streams, axis=0), axis=(1, 2), keepdims=True)
     mid = max(int(self.features * self.sk_ratio), SK_MIN_DIM)

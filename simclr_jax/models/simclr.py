@@ -36,6 +36,7 @@ class SimCLRModel(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   axis_name: str | None = None
+  fusion_barrier: bool = False  # CPU training speed-up: see fusion_barrier.py
   head_mode: str = "nonlinear"
   head_num_layers: int = 2
   proj_dim: int = 128
@@ -64,7 +65,7 @@ class SimCLRModel(nn.Module):
         depth=self.depth, width_multiplier=self.width_multiplier,
         cifar_stem=self.cifar_stem, dtype=self.dtype, bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon, axis_name=self.axis_name, sk_ratio=self.sk_ratio,
-        se_ratio=self.se_ratio)
+        se_ratio=self.se_ratio, fusion_barrier=self.fusion_barrier)
     self.head = ProjectionHead(
         mode=self.head_mode, num_layers=self.head_num_layers, out_dim=self.proj_dim,
         dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
@@ -126,11 +127,13 @@ def parse_dtype(name: str) -> Dtype:
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
-                 axis_name: str | None = None) -> SimCLRModel:
+                 axis_name: str | None = None,
+                 fusion_barrier: bool = False) -> SimCLRModel:
   """Builds the SimCLR network from config.model (see configs/base.py).
 
   config.model.global_bn and online_probe are the caller's to interpret: pass
-  axis_name (global BN) and num_classes (online probe) accordingly.
+  axis_name (global BN) and num_classes (online probe) accordingly; fusion_barrier
+  (fusion_barrier.py) is for training on the CPU backend.
   """
   return SimCLRModel(
       depth=model_config.depth,
@@ -140,6 +143,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 0,
       bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon,
       axis_name=axis_name,
+      fusion_barrier=fusion_barrier,
       head_mode=model_config.head_mode,
       head_num_layers=model_config.head_num_layers,
       proj_dim=model_config.proj_dim,

@@ -7,7 +7,8 @@ batch; saves the resulting parameters, BN statistics and losses.
 
 import sys
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,7 +11,8 @@ the ResNet's per-chunk BN is checked in-process there.
 import sys
 import time
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,8 @@
 
 import sys
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import jax
 import numpy as np
 

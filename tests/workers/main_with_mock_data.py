@@ -5,7 +5,8 @@ Usage: main_with_mock_data.py NUM_EXAMPLES -- <main.py flags>
 
 import sys
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import tensorflow_datasets as tfds
 from absl import app
 

@@ -3,7 +3,8 @@ shard_map (a plain jax.grad reference); saves losses, BN statistics and paramete
 
 import sys
 
-import simclr_jax  # noqa: F401
+from simclr_jax import platform
+platform.configure_xla_flags()
 import jax
 import jax.numpy as jnp
 import numpy as np
