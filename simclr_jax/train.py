@@ -226,8 +226,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainStat
 
 def finished(config, workdir: str) -> str | None:
   """What a re-run of a finished run would redo: nothing; says so (else None)."""
-  info = input_pipeline.dataset_info(
-      config, data_dir=input_pipeline.default_data_dir(config, workdir))
+  info = data.dataset_info(
+      config, data_dir=data.default_data_dir(config, workdir))
   _, total = plan_steps(config, info.num_train_examples)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
