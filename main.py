@@ -20,8 +20,10 @@ import jax
 from ml_collections import config_flags
 
 from simclr_jax import config_lib
-from simclr_jax import evaluate
 from simclr_jax import export
+from simclr_jax import finetune
+from simclr_jax import knn_eval
+from simclr_jax import linear_eval
 from simclr_jax import models
 from simclr_jax import resume_check
 from simclr_jax import train
@@ -41,9 +43,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> the job; each takes (config, workdir).
 MODES = {
     "pretrain": train.pretrain_and_probe,
-    "linear_eval": evaluate.linear_eval,
-    "finetune": evaluate.finetune,
-    "knn": evaluate.knn_eval,
+    "linear_eval": linear_eval.linear_eval,
+    "finetune": finetune.finetune,
+    "knn": knn_eval.knn_eval,
     "export": export.export,
 }
 # config.mode -> a check of (config, workdir) that must pass before anything is written.

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from configs import base  # noqa: E402
 from simclr_jax import grad_cache  # noqa: E402
 from simclr_jax import models  # noqa: E402
+from simclr_jax import parallel  # noqa: E402
 from simclr_jax import train_step as ts  # noqa: E402
 
 # Presets: the two models the issue asks about.
@@ -41,13 +42,13 @@ def build_step(config, devices, num_classes: int = 1000):
 
   config.loss.chunks > 1 uses the gradient cache, as the training program does.
   """
-  mesh = ts.make_mesh(devices)
+  mesh = parallel.make_mesh(devices)
   model = models.create_model(config.model, num_classes=num_classes if config.model.online_probe
-                              else 0, axis_name=ts.AXIS)
+                              else 0, axis_name=parallel.AXIS)
   tx, schedule = ts.create_optimizer(config, num_examples=1000 * config.batch_size,
                                      total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)
-  state = ts.replicate(state, mesh)
+  state = parallel.replicate(state, mesh)
   grad_fn = (grad_cache.make_chunked_grad_fn(model, config) if config.loss.chunks > 1
              else None)
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config, grad_fn=grad_fn),
@@ -58,7 +59,7 @@ def build_step(config, devices, num_classes: int = 1000):
   batch = {"image1": rng.uniform(size=shape).astype(np.float32),
            "image2": rng.uniform(size=shape).astype(np.float32),
            "label": rng.integers(0, num_classes, config.batch_size).astype(np.int32)}
-  return step, state, ts.shard_batch(batch, mesh)
+  return step, state, parallel.shard_batch(batch, mesh)
 
 
 def compile_step(step, state, batch):
