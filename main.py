@@ -50,16 +50,18 @@ def load_modes():
   """
   # pylint: disable=import-outside-toplevel
   with console.native_stderr_silenced(not FLAGS.verbose):
-    from simclr_jax import evaluate
     from simclr_jax import export
+    from simclr_jax import finetune
+    from simclr_jax import knn_eval
+    from simclr_jax import linear_eval
     from simclr_jax import resume_check
     from simclr_jax import train
-  jobs = {"pretrain": train.pretrain_and_probe, "linear_eval": evaluate.linear_eval,
-          "finetune": evaluate.finetune, "knn": evaluate.knn_eval, "export": export.export}
+  jobs = {"pretrain": train.pretrain_and_probe, "linear_eval": linear_eval.linear_eval,
+          "finetune": finetune.finetune, "knn": knn_eval.knn_eval, "export": export.export}
   # Mode checks that need no checkpoint (finetune's need the pretrained head's depth),
   # and checks of (config, workdir): a resumed run's model, the export's target.
-  checks = {"linear_eval": lambda c, _: evaluate.validate_linear_eval(c),
-            "knn": lambda c, _: evaluate.validate_knn(c),
+  checks = {"linear_eval": lambda c, _: linear_eval.validate_linear_eval(c),
+            "knn": lambda c, _: knn_eval.validate_knn(c),
             "pretrain": resume_check.check_pretrain_resume,
             "export": export.target_dir}
   return jobs, checks
@@ -112,14 +114,14 @@ def validate(config) -> None:
 def print_plan(config, workdir: str) -> None:
   """--dry_run: the resolved config and what the run would do (digits: built first)."""
   # pylint: disable=import-outside-toplevel
-  from simclr_jax import evaluate
+  from simclr_jax import pretrained
   from simclr_jax import run_plan
   from simclr_jax import train
   print(config)
   if config.mode == "pretrain":
     plan = run_plan.pretrain_plan(train.build_run(config, workdir))
   else:
-    plan = {"mode": config.mode, "pretrained encoder from": evaluate.init_from(config, workdir)}
+    plan = {"mode": config.mode, "pretrained encoder from": pretrained.init_from(config, workdir)}
   print(run_plan.format_plan(plan, f"Run plan ({config.mode})"))
 
 

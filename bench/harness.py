@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from configs import base  # noqa: E402
 from simclr_jax import grad_cache  # noqa: E402
 from simclr_jax import models  # noqa: E402
+from simclr_jax import parallel  # noqa: E402
 from simclr_jax.models import fusion_barrier  # noqa: E402
 from simclr_jax import train_step as ts  # noqa: E402
 
@@ -43,15 +44,15 @@ def build_step(config, devices, num_classes: int = 1000, barrier: bool | None = 
 
   config.loss.chunks > 1 uses the gradient cache, as the training program does.
   """
-  mesh = ts.make_mesh(devices)
+  mesh = parallel.make_mesh(devices)
   model = models.create_model(config.model, num_classes=num_classes if config.model.online_probe
-                              else 0, axis_name=ts.AXIS,
+                              else 0, axis_name=parallel.AXIS,
                               fusion_barrier=fusion_barrier.applies() if barrier is None
                               else barrier)
   tx, schedule = ts.create_optimizer(config, num_examples=1000 * config.batch_size,
                                      total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)
-  state = ts.replicate(state, mesh)
+  state = parallel.replicate(state, mesh)
   grad_fn = (grad_cache.make_chunked_grad_fn(model, config) if config.loss.chunks > 1
              else None)
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config, grad_fn=grad_fn),
@@ -62,7 +63,7 @@ def build_step(config, devices, num_classes: int = 1000, barrier: bool | None = 
   batch = {"image1": rng.uniform(size=shape).astype(np.float32),
            "image2": rng.uniform(size=shape).astype(np.float32),
            "label": rng.integers(0, num_classes, config.batch_size).astype(np.int32)}
-  return step, state, ts.shard_batch(batch, mesh)
+  return step, state, parallel.shard_batch(batch, mesh)
 
 
 def compile_step(step, state, batch):

@@ -22,10 +22,9 @@ from absl import flags  # noqa: E402
 import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from simclr_jax import losses  # noqa: E402
-from simclr_jax import train_step as ts  # noqa: E402
+from simclr_jax import parallel  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["64", "128", "256", "512"], "Global batch sizes.")
@@ -39,12 +38,12 @@ flags.DEFINE_string("json", None, "Write the table here as JSON.")
 def time_nt_xent(mesh, global_batch: int, dim: int, steps: int) -> float:
   """Median seconds of NT-Xent forward + backward w.r.t. z on `mesh`."""
   def per_device(z_a, z_b):
-    grad = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature=0.1, axis_name=ts.AXIS)[0],
-                    argnums=(0, 1))
+    grad = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature=0.1,
+                                                axis_name=parallel.AXIS)[0], argnums=(0, 1))
     g_a, g_b = grad(z_a, z_b)
     return (jnp.sum(g_a) + jnp.sum(g_b))[None]  # one value per device
-  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(ts.AXIS), P(ts.AXIS)),
-                             out_specs=P(ts.AXIS), check_vma=False))
+  fn = parallel.data_parallel(per_device, mesh, in_specs=(parallel.SPLIT, parallel.SPLIT),
+                              out_specs=parallel.SPLIT)
   key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
   z_a = jax.random.normal(key_a, (global_batch, dim))
   z_b = jax.random.normal(key_b, (global_batch, dim))
@@ -64,7 +63,7 @@ def main(argv):
     step, state, batch = harness.build_step(config, devices, num_classes=10)
     compiled, compile_s, _ = harness.compile_step(step, state, batch)
     step_s, _, _ = harness.time_steps(compiled, state, batch, warmup=2, steps=FLAGS.steps)
-    loss_s = time_nt_xent(ts.make_mesh(devices), batch_size,
+    loss_s = time_nt_xent(parallel.make_mesh(devices), batch_size,
                           config.model.proj_dim, FLAGS.steps)
     rows.append({"devices": len(devices), "global_batch": batch_size,
                  "per_device_batch": batch_size // len(devices), "step_s": step_s,

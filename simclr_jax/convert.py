@@ -269,9 +269,9 @@ def main(argv=None) -> int:
   except ConvertError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  # Imported here: the checks above must not pay for the evaluation modes' imports.
-  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
-  pretrained = evaluate.Pretrained(
+  # Imported here: the checks above must not pay for Orbax's import.
+  from simclr_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  pretrained = pretrained_lib.Pretrained(
       path=source["checkpoint"], step=source["global_step"],
       config=ml_collections.ConfigDict({"model": spec,
                                         "data": {"image_size": args.image_size}}),

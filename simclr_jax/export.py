@@ -187,7 +187,7 @@ def check_target(export_dir: str) -> None:
 
 def write_export(pretrained, export_dir: str, *, image_size: int,
                  platforms=("cpu", "cuda", "tpu"), extra: dict | None = None) -> dict:
-  """Writes all three artifacts of `pretrained` (evaluate.Pretrained) into `export_dir`.
+  """Writes all three artifacts of `pretrained` (pretrained.Pretrained) into `export_dir`.
 
   `export_dir` must be new, empty or an earlier export (`check_target`), which is
   replaced. Everything goes to a sibling temporary directory first, moved into place
@@ -244,7 +244,9 @@ def write_export(pretrained, export_dir: str, *, image_size: int,
 
 
 def resolve_export_dir(path: str) -> str:
-  """An export directory, or a workdir holding one under export/."""
+  """An export directory, or a workdir holding one under export/ (absolute: Orbax needs
+  absolute paths)."""
+  path = os.path.abspath(path)
   if not os.path.exists(os.path.join(path, MODEL_JSON)) and os.path.exists(
       os.path.join(path, "export", MODEL_JSON)):
     return os.path.join(path, "export")
@@ -398,10 +400,10 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The `export` mode: writes <workdir>/export (or config.export.dir) and checks it."""
   # Imported here: loading an export must need neither the input pipeline nor the
   # metric writers.
-  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
   from simclr_jax import metric_log  # pylint: disable=g-import-not-at-top
+  from simclr_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
   export_dir = target_dir(config, workdir)
-  pretrained = evaluate.load_pretrained(evaluate.init_from(config, workdir))
+  pretrained = pretrained_lib.load_pretrained(pretrained_lib.init_from(config, workdir))
   image_size = (config.export.image_size if config.export.image_size > 0
                 else pretrained.config.data.image_size)
   spec = write_export(pretrained, export_dir, image_size=image_size,

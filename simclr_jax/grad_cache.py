@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from simclr_jax import losses
+from simclr_jax import parallel
 from simclr_jax import train_step as ts
 
 Heads = dict[str, jax.Array]  # "z": [.., 2m, d]; "logits": [.., 2m, classes] (online probe)
@@ -113,7 +114,7 @@ def make_head_loss_fn(config: ml_collections.ConfigDict) -> Callable:
     merged = jax.tree.map(from_chunks, heads)
     z_a, z_b = jnp.split(merged["z"], 2)
     loss, aux = losses.nt_xent(z_a, z_b, temperature=config.loss.temperature,
-                               axis_name=ts.AXIS,
+                               axis_name=parallel.AXIS,
                                official_scaling=config.loss.official_scaling,
                                hidden_norm=config.loss.hidden_norm)
     metrics = {"loss": loss, **aux}

@@ -19,11 +19,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from simclr_jax import input_pipeline
-from simclr_jax import train_step as ts
-from simclr_jax.train_step import AXIS
+from simclr_jax import data
+from simclr_jax import parallel
+from simclr_jax.parallel import AXIS, REPLICATED, SPLIT
 
 
 def l2_normalize(x: jax.Array | np.ndarray, eps: float = 1e-12):
@@ -73,8 +72,8 @@ def make_knn_scorer(mesh: jax.sharding.Mesh, *, num_classes: int, k: int,
     best_labels = jnp.take_along_axis(cand_labels, best, axis=1)
     return vote(best_sims, best_labels, num_classes=num_classes, temperature=temperature)
 
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(AXIS), P()),
-                               out_specs=P(), check_vma=False))
+  return parallel.data_parallel(local, mesh, in_specs=(SPLIT, SPLIT, SPLIT, REPLICATED),
+                                out_specs=REPLICATED)
 
 
 def topk_correct(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, np.ndarray]:
@@ -107,12 +106,12 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
   n = len(train_features)
   padded = -(-n // devices) * devices
   pad = lambda x: np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
-  split = NamedSharding(mesh, P(AXIS))
+  split = NamedSharding(mesh, SPLIT)
   bank = jax.device_put(pad(l2_normalize(np.asarray(train_features, np.float32))), split)
   bank_labels = jax.device_put(pad(np.asarray(train_labels, np.int32)), split)
   bank_valid = jax.device_put(pad(np.ones(n, bool)), split)
   scorer = make_knn_scorer(mesh, num_classes=num_classes, k=k, temperature=temperature)
-  replicated = NamedSharding(mesh, P())
+  replicated = NamedSharding(mesh, REPLICATED)
   queries = l2_normalize(np.asarray(test_features, np.float32))
   hits = {1: 0, 5: 0}
   for start in range(0, len(queries), query_batch):
@@ -135,8 +134,7 @@ def make_encode_fn(model, mesh: jax.sharding.Mesh) -> Callable:
   def encode(variables, images):
     return inference.apply(variables, images, train=False, method="encode")
 
-  return jax.jit(jax.shard_map(encode, mesh=mesh, in_specs=(P(), P(AXIS)),
-                               out_specs=P(AXIS), check_vma=False))
+  return parallel.data_parallel(encode, mesh, in_specs=(REPLICATED, SPLIT), out_specs=SPLIT)
 
 
 def _to_host(tree):
@@ -161,7 +159,7 @@ def extract_features(encode: Callable, variables: Any, batches: Iterable[dict],
   """
   feats, labels = [], []
   for local_batch in batches:
-    batch = ts.shard_batch(local_batch, mesh)
+    batch = parallel.shard_batch(local_batch, mesh)
     out = _to_host({"h": encode(variables, batch["image"]), "label": batch["label"],
                     "mask": batch["mask"]})
     mask = np.asarray(out["mask"], bool)
@@ -175,7 +173,7 @@ def extract_features(encode: Callable, variables: Any, batches: Iterable[dict],
 def split_batches(config: ml_collections.ConfigDict, data_dir: str | None,
                   split: str) -> Iterable[dict]:
   """Every example of `split` once, centre-crop preprocessing, masked padding."""
-  return input_pipeline.create_eval_dataset(config, data_dir=data_dir,
+  return data.create_eval_dataset(config, data_dir=data_dir,
                                             split=split).as_numpy_iterator()
 
 
@@ -188,7 +186,7 @@ def evaluate_knn(model, variables: Any, config: ml_collections.ConfigDict, *,
   may be host arrays or replicated global arrays. config.knn holds k, temperature and
   query_batch.
   """
-  variables = ts.replicate(variables, mesh)
+  variables = parallel.replicate(variables, mesh)
   encode = make_encode_fn(model, mesh)
   train = extract_features(encode, variables,
                            split_batches(config, data_dir, config.train_split), mesh)
@@ -198,12 +196,3 @@ def evaluate_knn(model, variables: Any, config: ml_collections.ConfigDict, *,
                      temperature=config.knn.temperature,
                      query_batch=config.knn.query_batch)
   return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
-
-
-
-def monitor(run, state) -> dict[str, float]:
-  """The pretraining hook (train.py, every config.knn_every_steps): kNN of `state`'s
-  encoder; `run` is the train.Run of the job."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  return evaluate_knn(run.model, variables, run.config, data_dir=run.data_dir,
-                      mesh=run.mesh, num_classes=run.info.num_classes)

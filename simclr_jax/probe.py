@@ -3,7 +3,7 @@
 Features are extracted once (encoder in inference mode, BN statistics recomputed on the
 training images), then a multinomial logistic regression (scikit-learn, L-BFGS) is fit
 on standardised features: on all training labels, and on k labels per class averaged
-over seeded draws. The full linear-evaluation protocol lives in `evaluate.py`.
+over seeded draws. The full linear-evaluation protocol lives in `linear_eval.py`.
 """
 
 from typing import Any, Iterable

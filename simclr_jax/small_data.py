@@ -25,7 +25,7 @@ class Plan:
 
 
 def plan(config, source) -> Plan:
-  """The evaluations `config`'s pretraining can run on `source` (an input_pipeline
+  """The evaluations `config`'s pretraining can run on `source` (a data
   Source)."""
   name, shots = source.name, config.probe.shots
   num_eval = source.num_examples(config.eval_split)

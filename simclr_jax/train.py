@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpointing
 from simclr_jax import data
@@ -25,13 +24,15 @@ from simclr_jax import grad_cache
 from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
+from simclr_jax import parallel
 from simclr_jax import probe
 from simclr_jax import progress as progress_lib
 from simclr_jax import small_data
 from simclr_jax import steps as steps_lib
 from simclr_jax import train_step as ts
-from simclr_jax.train_step import AXIS, TrainState, make_train_step  # noqa: F401 (API)
 from simclr_jax.models import fusion_barrier
+from simclr_jax.parallel import AXIS
+from simclr_jax.train_step import TrainState, make_train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -73,7 +74,7 @@ def build_run(config, workdir: str) -> Run:
       axis_name=AXIS if config.model.global_bn else None,
       fusion_barrier=fusion_barrier.applies())
   tx, schedule = ts.create_optimizer(config, info.num_train_examples, total_steps)
-  return Run(config, workdir, data_dir, info, ts.make_mesh(), model, tx, schedule,
+  return Run(config, workdir, data_dir, info, parallel.make_mesh(), model, tx, schedule,
              steps_per_epoch, total_steps, plan)
 
 
@@ -81,7 +82,7 @@ def init_or_restore(run: Run, ckpt: checkpointing.Checkpointer) -> TrainState:
   """A fresh replicated state, or that of the newest checkpoint that restores."""
   rng = jax.random.PRNGKey(run.config.seed)
   state = ts.create_train_state(rng, run.model, run.tx, run.config.data.image_size)
-  state = ts.replicate(state, run.mesh)
+  state = parallel.replicate(state, run.mesh)
   restored = ckpt.restore_newest_readable(checkpointing.abstract_like(state))
   if restored is not None:
     state, _ = restored
@@ -101,15 +102,15 @@ def make_eval_step(model, mesh) -> Callable:
     counts = {"top1": jnp.sum((top5[:, 0]) * mask), "top5": jnp.sum(top5.any(-1) * mask),
               "count": jnp.sum(mask)}
     return jax.lax.psum(counts, AXIS)
-  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
-                               check_vma=False))
+  return parallel.data_parallel(step, mesh, in_specs=(parallel.REPLICATED, parallel.SPLIT),
+                                out_specs=parallel.REPLICATED)
 
 
 def evaluate_probe(run: Run, eval_step, state: TrainState) -> dict[str, float]:
   ds = data.create_eval_dataset(run.config, data_dir=run.data_dir)
   totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
   for batch in ds.as_numpy_iterator():
-    counts = jax.device_get(eval_step(state, ts.shard_batch(batch, run.mesh)))
+    counts = jax.device_get(eval_step(state, parallel.shard_batch(batch, run.mesh)))
     totals = {k: totals[k] + float(counts[k]) for k in totals}
   n = max(totals["count"], 1.0)
   results = {"eval_probe_top1": totals["top1"] / n, "eval_probe_top5": totals["top5"] / n}
@@ -164,7 +165,7 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   logging.info("step %d/%d: compiling the train step", start + 1, run.total_steps)
   with checkpointing.PreemptionFlag() as preempted:
     for step in range(start + 1, run.total_steps + 1):
-      state, metrics = step_fn(state, ts.shard_batch(next(batches), run.mesh))
+      state, metrics = step_fn(state, parallel.shard_batch(next(batches), run.mesh))
       if step == start + 1:
         jax.block_until_ready(metrics)
         progress.first_step_done(step)
@@ -191,7 +192,9 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
                         lambda: evaluate_probe(run, eval_step, state), log)
       # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
       if knn_every > 0 and (step % knn_every == 0 or last):
-        evaluate_safely("kNN monitor", step, lambda: knn.monitor(run, state), log)
+        evaluate_safely("kNN monitor", step, lambda: knn.evaluate_knn(
+            run.model, {"params": state.params, "batch_stats": state.batch_stats}, run.config,
+            data_dir=run.data_dir, mesh=run.mesh, num_classes=run.info.num_classes), log)
   return state
 
 

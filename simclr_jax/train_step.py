@@ -3,7 +3,7 @@
 The step is written per device, in the pmap programming model: it sees its local share
 of the batch and talks to the other devices through collectives over `AXIS` (global BN,
 the embedding gather inside `nt_xent`, gradient and metric means). `shard_train_step`
-maps it over a 1-D device mesh with `jax.shard_map` under `jax.jit`.
+maps it over a 1-D device mesh (parallel.data_parallel).
 """
 
 from typing import Any, Callable
@@ -13,14 +13,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
 from simclr_jax import blur
 from simclr_jax import losses
 from simclr_jax import optim
-
-AXIS = "batch"  # name of the data-parallel mesh axis
+from simclr_jax import parallel
+from simclr_jax.parallel import AXIS
 
 Batch = dict[str, jax.Array]  # image1, image2: [n, S, S, 3] float32; label: [n] int32
 Metrics = dict[str, jax.Array]
@@ -127,13 +124,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                                          sigma_range=tuple(aug.blur_sigma_range),
                                          kernel_fraction=aug.blur_kernel_fraction)
     grads, (batch_stats, metrics) = grad_fn(state.params, state.batch_stats, images, labels)
-    # Under shard_map(check_vma=False) each device holds d(sum of all devices' losses)/d
-    # (its params copy); the mean over devices is the gradient of the global loss.
-    grads = jax.lax.pmean(grads, AXIS)
+    grads, params, opt_state = parallel.mean_update(tx, grads, state.params, state.opt_state)
     if not config.model.global_bn:
       batch_stats = jax.lax.pmean(batch_stats, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics["learning_rate"] = schedule(state.step)
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -145,33 +138,12 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   return step
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(devices, (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def shard_train_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  """Maps a per-device step over `mesh`: state replicated, batch split along AXIS.
-
-  check_vma=False gives the pmap semantics the step is written for; every output is
-  made identical across devices (pmean) before it leaves through out_specs=P().
-  """
-  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
-                         check_vma=False)
-  return jax.jit(mapped, donate_argnums=0)
-
-
-def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places a host pytree on every device of `mesh` (a replicated global array)."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> Batch:
-  """Assembles global arrays split along AXIS from this process's share of the batch."""
-  sharding = NamedSharding(mesh, P(AXIS))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                      local_batch)
+  """Maps a per-device step over `mesh`: state replicated (and donated), batch split
+  along AXIS; every output is made identical across devices (pmean) by the step."""
+  return parallel.data_parallel(step, mesh, in_specs=(parallel.REPLICATED, parallel.SPLIT),
+                                out_specs=(parallel.REPLICATED, parallel.REPLICATED),
+                                donate_argnums=0)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_examples: int,

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from simclr_jax import convert
-from simclr_jax import evaluate
 from simclr_jax import export
+from simclr_jax import finetune
+from simclr_jax import pretrained as pretrained_lib
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 ROOT = Path(__file__).parent.parent
@@ -223,11 +224,11 @@ def test_cli_writes_an_export_that_loads_serves_and_finetunes(tmp_path):
 
   # As init_from of the evaluation modes: fine-tuning from projection layer 1 with the
   # imported supervised head as its classifier is the official fine-tuned network.
-  pre = evaluate.load_pretrained(str(out))
+  pre = pretrained_lib.load_pretrained(str(out))
   assert "classifier" not in pre.variables["params"] and pre.config.data.image_size == 32
-  net = evaluate.FinetuneNet(model_config=pre.model_config.to_dict(), num_classes=7,
+  net = finetune.FinetuneNet(model_config=pre.model_config.to_dict(), num_classes=7,
                              head_layers=1)
-  variables = evaluate.finetune_variables(net, pre.variables, 32, seed=0)
+  variables = finetune.finetune_variables(net, pre.variables, 32, seed=0)
   _, imported, _ = export.load_variables(str(out))
   variables["params"]["classifier"] = imported["params"]["classifier"]
   logits = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, images)

@@ -11,10 +11,15 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import config_lib
-from simclr_jax import evaluate
+from simclr_jax import eval_setup
+from simclr_jax import finetune
+from simclr_jax import knn_eval
+from simclr_jax import linear_eval
 from simclr_jax import models
+from simclr_jax import parallel
+from simclr_jax import pretrained as pretrained_lib
+from simclr_jax import supervised
 from simclr_jax import supervised_optim
-from simclr_jax import train_step as ts
 from simclr_jax.models.heads import ProjectionHead
 from tests import pretrained_fixture
 from tests.subproc import run_worker
@@ -42,7 +47,7 @@ def test_load_pretrained_latest_from_any_level(pretrain_dir, where):
   workdir, variables, config = pretrain_dir
   path = {"workdir": workdir, "checkpoints": os.path.join(workdir, "checkpoints"),
           "step": os.path.join(workdir, "checkpoints", "7")}[where]
-  pre = evaluate.load_pretrained(path)
+  pre = pretrained_lib.load_pretrained(path)
   assert pre.step == 7
   _assert_trees_equal(pre.variables, variables)
   assert "classifier" not in pre.variables["params"]  # the online probe is dropped
@@ -51,28 +56,36 @@ def test_load_pretrained_latest_from_any_level(pretrain_dir, where):
 
 def test_load_pretrained_older_step(pretrain_dir):
   workdir, variables, _ = pretrain_dir
-  pre = evaluate.load_pretrained(os.path.join(workdir, "checkpoints", "3"))
+  pre = pretrained_lib.load_pretrained(os.path.join(workdir, "checkpoints", "3"))
   assert pre.step == 3
   kernel = lambda v: v["params"]["encoder"]["stem_conv"]["kernel"]
   assert not np.array_equal(kernel(pre.variables), kernel(variables))
 
 
+def test_load_pretrained_from_a_relative_path(pretrain_dir, monkeypatch):
+  workdir, variables, _ = pretrain_dir
+  monkeypatch.chdir(os.path.dirname(workdir))
+  pre = pretrained_lib.load_pretrained(os.path.basename(workdir))  # Orbax needs absolute
+  assert pre.step == 7 and pre.path == os.path.join(workdir, "checkpoints", "7")
+  _assert_trees_equal(pre.variables, variables)
+
+
 def test_load_pretrained_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    evaluate.load_pretrained(str(tmp_path / "nope"))
+    pretrained_lib.load_pretrained(str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="init_from = ''"):
-    evaluate.load_pretrained("")
+    pretrained_lib.load_pretrained("")
   # Only an unfinished (temporary) step directory: not a checkpoint.
   os.makedirs(tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-123" / "state")
   with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-    evaluate.load_pretrained(str(tmp_path))
+    pretrained_lib.load_pretrained(str(tmp_path))
 
 
 def test_init_from_defaults_to_workdir(pretrain_dir):
   config = pretrain_dir[2].copy_and_resolve_references()
-  assert evaluate.init_from(config, "/w") == "/w"
+  assert pretrained_lib.init_from(config, "/w") == "/w"
   config.init_from = "/elsewhere"
-  assert evaluate.init_from(config, "/w") == "/elsewhere"
+  assert pretrained_lib.init_from(config, "/w") == "/elsewhere"
 
 
 # --- fine-tuning network ------------------------------------------------------------
@@ -107,9 +120,9 @@ def test_head_prefix_equals_whole_head_hiddens(mode, num_layers, train):
 @pytest.mark.parametrize("head_layers,zero_init", [(0, True), (1, False), (3, False)])
 def test_finetune_net_starts_from_pretrained_weights(pretrain_dir, head_layers, zero_init):
   _, variables, config = pretrain_dir
-  net = evaluate.FinetuneNet(model_config=config.model.to_dict(), num_classes=7,
+  net = finetune.FinetuneNet(model_config=config.model.to_dict(), num_classes=7,
                              head_layers=head_layers, zero_init_head=zero_init)
-  v = evaluate.finetune_variables(net, variables, 16, seed=0)
+  v = finetune.finetune_variables(net, variables, 16, seed=0)
   _assert_trees_equal(v["params"]["encoder"], variables["params"]["encoder"])
   _assert_trees_equal(v["batch_stats"]["encoder"], variables["batch_stats"]["encoder"])
   if head_layers:
@@ -166,17 +179,17 @@ def test_linear_step_on_features_matches_numpy():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(16, 6)).astype(np.float32)
   y = rng.integers(0, 4, 16).astype(np.int32)
-  mesh = ts.make_mesh()
+  mesh = parallel.make_mesh()
   tx, schedule = supervised_optim.create_optimizer(
       config.linear_eval.optim, batch_size=16, num_examples=16, total_steps=5,
       whole_tree_is_classifier=True)
-  classifier = evaluate.linear_classifier(4)
-  state = ts.replicate(evaluate.init_classifier_state(classifier, 6, tx), mesh)
+  classifier = linear_eval.linear_classifier(4)
+  state = parallel.replicate(linear_eval.init_classifier_state(classifier, 6, tx), mesh)
   assert not np.any(jax.device_get(state.params)["kernel"])  # zero-initialised
-  step = evaluate.shard_supervised_step(
-      evaluate.make_linear_step(lambda _, f: f, classifier, tx, schedule), mesh, 3)
+  step = supervised.shard_supervised_step(
+      linear_eval.make_linear_step(lambda _, f: f, classifier, tx, schedule), mesh, 3)
   for _ in range(4):
-    state, metrics = step(state, {}, ts.shard_batch({"image": x, "label": y}, mesh))
+    state, metrics = step(state, {}, parallel.shard_batch({"image": x, "label": y}, mesh))
   w, b = numpy_linear_eval(x, y, 4, 4, lambda s: float(schedule(s)), 0.9, 0.05)
   params = jax.device_get(state.params)
   np.testing.assert_allclose(params["kernel"], w, rtol=1e-4, atol=1e-6)
@@ -225,13 +238,13 @@ def test_finetuning_moves_every_layer_and_statistic(device_runs):
 
 def test_eval_counts_match_numpy():
   rng = np.random.default_rng(2)
-  mesh = ts.make_mesh()
+  mesh = parallel.make_mesh()
   for num_classes in (3, 10):  # top-5 capped at the class count
     logits = rng.normal(size=(12, num_classes)).astype(np.float32)
     labels = rng.integers(0, num_classes, 12).astype(np.int32)
     mask = np.arange(12) < 9  # 3 padding rows
-    step = evaluate.make_eval_step(lambda v, x: x, mesh)
-    counts = jax.device_get(step({}, ts.shard_batch(
+    step = supervised.make_eval_step(lambda v, x: x, mesh)
+    counts = jax.device_get(step({}, parallel.shard_batch(
         {"image": logits, "label": labels, "mask": mask}, mesh)))
     ranked = np.argsort(-logits, 1)
     assert counts["count"] == 9
@@ -242,14 +255,14 @@ def test_eval_counts_match_numpy():
 def test_cached_batches_are_seeded_epochs():
   feats = np.arange(10, dtype=np.float32)[:, None]
   labels = np.arange(10)
-  it = evaluate.cached_batches(feats, labels, batch_size=4, seed=3)
+  it = linear_eval.cached_batches(feats, labels, batch_size=4, seed=3)
   epoch1 = [next(it) for _ in range(2)]  # 10 // 4 = 2 full batches per epoch
   seen = np.concatenate([b["label"] for b in epoch1])
   assert len(set(seen.tolist())) == 8
   np.testing.assert_array_equal(np.concatenate([b["image"][:, 0] for b in epoch1]), seen)
-  again = evaluate.cached_batches(feats, labels, batch_size=4, seed=3)
+  again = linear_eval.cached_batches(feats, labels, batch_size=4, seed=3)
   np.testing.assert_array_equal(next(again)["label"], epoch1[0]["label"])
-  other = evaluate.cached_batches(feats, labels, batch_size=4, seed=4)
+  other = linear_eval.cached_batches(feats, labels, batch_size=4, seed=4)
   assert not np.array_equal(next(other)["label"], epoch1[0]["label"])
 
 
@@ -265,7 +278,7 @@ def test_finetune_config_errors(field, value, match):
   group, name = field.split(".")
   config[group][name] = value
   with pytest.raises(config_lib.ConfigError, match=match):
-    evaluate.validate_finetune(config, head_layers=3)
+    finetune.validate_finetune(config, head_layers=3)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -278,7 +291,7 @@ def test_linear_and_knn_config_errors(field, value, match):
   config = pretrained_fixture.tiny_config()
   group, name = field.split(".")
   config[group][name] = value
-  validate = evaluate.validate_knn if group == "knn" else evaluate.validate_linear_eval
+  validate = knn_eval.validate_knn if group == "knn" else linear_eval.validate_linear_eval
   with pytest.raises(config_lib.ConfigError, match=match):
     validate(config)
 
@@ -287,17 +300,17 @@ def test_plan_steps():
   group = pretrained_fixture.tiny_config().linear_eval
   group.batch_size, group.num_epochs = 32, 2
   # The official count: 100 x 2 // 32 + 1 = 7 steps (N // B = 3 per logged epoch).
-  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 7)
+  assert eval_setup.plan_steps(group, 100, "linear_eval") == (3, 7)
   group.num_train_steps = 5
-  assert evaluate.plan_steps(group, 100, "linear_eval") == (3, 5)
+  assert eval_setup.plan_steps(group, 100, "linear_eval") == (3, 5)
   with pytest.raises(config_lib.ConfigError, match="linear_eval.batch_size = 32"):
-    evaluate.plan_steps(group, 20, "linear_eval")
+    eval_setup.plan_steps(group, 20, "linear_eval")
 
 
 def test_head_layer_count():
   config = pretrained_fixture.tiny_config(head_num_layers=3).model
-  assert evaluate.head_layer_count(config) == 3
+  assert eval_setup.head_layer_count(config) == 3
   config.head_mode = "linear"
-  assert evaluate.head_layer_count(config) == 1
+  assert eval_setup.head_layer_count(config) == 1
   config.head_mode = "none"
-  assert evaluate.head_layer_count(config) == 0
+  assert eval_setup.head_layer_count(config) == 0

@@ -10,10 +10,10 @@ import pytest
 
 import jax
 
-from simclr_jax import evaluate
 from simclr_jax import export
 from simclr_jax import metric_log
 from simclr_jax import models
+from simclr_jax import pretrained as pretrained_lib
 from tests import pretrained_fixture
 from tests.subproc import run_worker
 
@@ -184,11 +184,22 @@ def test_workdir_resolves_to_its_export(exported):
   assert export.read_spec(workdir)["path"] == os.path.join(workdir, "export")
 
 
+def test_relative_paths_load(exported, monkeypatch):
+  export_dir, variables, _, workdir, _ = exported
+  monkeypatch.chdir(os.path.dirname(workdir))
+  relative = os.path.join(os.path.basename(workdir), "export")
+  _, loaded, spec = export.load_variables(relative)
+  assert spec["path"] == export_dir
+  np.testing.assert_array_equal(loaded["params"]["encoder"]["stem_conv"]["kernel"],
+                                variables["params"]["encoder"]["stem_conv"]["kernel"])
+  assert pretrained_lib.load_pretrained(relative).path == export_dir
+
+
 def test_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch):
   export_dir = str(tmp_path / "exp")
   shutil.copytree(exported[0], export_dir)
   before = export.read_spec(export_dir)["sha256"]
-  pretrained = evaluate.load_pretrained(exported[4].init_from)
+  pretrained = pretrained_lib.load_pretrained(exported[4].init_from)
 
   def broken(*args, **kwargs):
     raise RuntimeError("killed midway")
@@ -236,7 +247,7 @@ def test_export_refuses_a_directory_it_did_not_write(exported, tmp_path):
 def test_export_replaces_an_earlier_export(exported, tmp_path):
   export_dir = str(tmp_path / "exp")
   shutil.copytree(exported[0], export_dir)
-  pretrained = evaluate.load_pretrained(exported[4].init_from)
+  pretrained = pretrained_lib.load_pretrained(exported[4].init_from)
   spec = export.write_export(pretrained, export_dir, image_size=24, platforms=("cpu",))
   assert export.read_spec(export_dir, "jax_export")["input"]["shape"][1] == 24
   assert spec["platforms"] == ["cpu"]

@@ -19,6 +19,7 @@ from configs import base
 from simclr_jax import grad_cache
 from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax import parallel
 from simclr_jax import train_step as ts
 from tests.subproc import run_worker
 from tests.workers.grad_cache_devices import ToySimCLR
@@ -40,7 +41,7 @@ def config(chunks: int):
 
 def on_one_device(fn):
   """fn as the train step runs it: per device inside shard_map (axis AXIS), 1 device."""
-  mesh = ts.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(),
                                check_vma=False))
 
@@ -164,7 +165,7 @@ def test_loss_and_embedding_gradients_equal_unchunked(chunks):
 def test_batch_independent_network_gets_the_unchunked_gradients():
   """No batch-dependent layer (LayerNorm): chunks = 4 gives train_step.make_grad_fn's
   gradients, metrics and statistics (images seen) exactly."""
-  model = ToySimCLR(norm="layer", axis_name=ts.AXIS)
+  model = ToySimCLR(norm="layer", axis_name=parallel.AXIS)
   params, stats = init(model)
   images, labels = batch()
   c = config(chunks=4)
@@ -193,7 +194,7 @@ def per_chunk_bn_loss_fn(model, c):
       outs.append(out)
     z = jnp.concatenate([o["z"] for o in outs])[inverse]
     logits = jnp.concatenate([o["logits"] for o in outs])[inverse]
-    loss, aux = losses.nt_xent(z[:PAIRS], z[PAIRS:], temperature=tau, axis_name=ts.AXIS)
+    loss, aux = losses.nt_xent(z[:PAIRS], z[PAIRS:], temperature=tau, axis_name=parallel.AXIS)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     l2 = 0.5 * wd * jnp.sum(params["classifier"]["kernel"] ** 2)
     metrics = {"loss": loss, **aux, "probe_loss": ce,
@@ -208,7 +209,7 @@ def test_resnet_gets_the_gradients_of_per_chunk_batchnorm():
   statistics are per chunk: gradients, BN running statistics (updated chunk by chunk)
   and metrics."""
   c = config(chunks=2)
-  model = models.create_model(c.model, num_classes=CLASSES, axis_name=ts.AXIS)
+  model = models.create_model(c.model, num_classes=CLASSES, axis_name=parallel.AXIS)
   params, stats = init(model)
   images, labels = batch()
   got = on_one_device(grad_cache.make_chunked_grad_fn(model, c))(params, stats, images,
@@ -225,7 +226,7 @@ def test_resnet_gets_the_gradients_of_per_chunk_batchnorm():
 def test_batchnorm_makes_chunking_visible():
   """With BN the chunked step is NOT the whole-batch step (what the README says):
   the running statistics get C updates (momentum 0.9 twice) from per-chunk moments."""
-  model = ToySimCLR(norm="batch", axis_name=ts.AXIS)
+  model = ToySimCLR(norm="batch", axis_name=parallel.AXIS)
   params, stats = init(model)
   images, labels = batch()
   c = config(chunks=2)

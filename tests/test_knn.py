@@ -6,7 +6,7 @@ import pytest
 import jax
 
 from simclr_jax import knn
-from simclr_jax import train_step as ts
+from simclr_jax import parallel
 from tests.subproc import run_worker
 
 
@@ -40,7 +40,7 @@ def clustered(rng, sizes, num_classes, dim=8, noise=0.8):
 
 @pytest.fixture(scope="module")
 def mesh():
-  return ts.make_mesh()
+  return parallel.make_mesh()
 
 
 @pytest.mark.parametrize("k,temperature", [(1, 0.1), (7, 0.1), (50, 0.5), (500, 0.07)])

@@ -20,10 +20,14 @@ import tensorflow as tf
 
 from simclr_jax import augment as A
 from simclr_jax import config_lib
-from simclr_jax import evaluate
+from simclr_jax import eval_setup
+from simclr_jax import finetune
+from simclr_jax import linear_eval
 from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax import parallel
 from simclr_jax import steps
+from simclr_jax import supervised
 from simclr_jax import supervised_optim
 from simclr_jax import train
 from simclr_jax import train_step as ts
@@ -221,14 +225,14 @@ def test_imagenet_config_schedule_follows_the_official_counts():
   assert float(schedule(3126)) < peak * (1 - 1e-4)
   assert float(schedule(total)) == 0.0 and float(schedule(total - 1000)) > 0.0
   ft = _config("imagenet_v2_finetune_1pct").finetune
-  assert evaluate.plan_steps(ft, 12_811, "finetune") == (12, 751)
+  assert eval_setup.plan_steps(ft, 12_811, "finetune") == (12, 751)
 
 
 # --- 4. the evaluation optimiser --------------------------------------------------------
 
 
 def _finetune_net(pretrained_config, **kwargs):
-  return evaluate.FinetuneNet(model_config=pretrained_config.model.to_dict(),
+  return finetune.FinetuneNet(model_config=pretrained_config.model.to_dict(),
                               num_classes=5, head_layers=1, **kwargs)
 
 
@@ -302,25 +306,25 @@ def test_lars_update_of_the_classifier_is_not_scaled_by_a_trust_ratio():
 def test_partial_freezing_leaves_exactly_the_frozen_blocks_unchanged():
   k = 2  # stem and block groups 1-2 frozen, 3-4, head layer and classifier trained
   pre = pretrained_fixture.tiny_config(head_num_layers=3)
-  net = _finetune_net(pre, fine_tune_after_block=k, axis_name=ts.AXIS)
-  variables = evaluate.finetune_variables(
+  net = _finetune_net(pre, fine_tune_after_block=k, axis_name=parallel.AXIS)
+  variables = finetune.finetune_variables(
       net, _random_variables(models.create_model(pre.model), seed=1), 16, seed=0)
   optim_config = pre.finetune.optim
   # LARS with weight decay: a frozen kernel would move by its decay alone.
   optim_config.update(name="lars", weight_decay=0.1, base_lr=0.5)
   tx, schedule = supervised_optim.create_optimizer(
       optim_config, batch_size=8, num_examples=8, total_steps=4, fine_tune_after_block=k)
-  state = evaluate.SupervisedState(step=jnp.zeros((), jnp.int32),
+  state = supervised.SupervisedState(step=jnp.zeros((), jnp.int32),
                                    params=variables["params"],
                                    batch_stats=variables["batch_stats"],
                                    opt_state=tx.init(variables["params"]))
-  mesh = ts.make_mesh(jax.devices()[:1])
-  step = evaluate.shard_supervised_step(evaluate.make_finetune_step(net, tx, schedule), mesh,
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  step = supervised.shard_supervised_step(finetune.make_finetune_step(net, tx, schedule), mesh,
                                         num_inputs=2)
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32),
            "label": rng.integers(0, 5, 8).astype(np.int32)}
-  new, _ = step(ts.replicate(state, mesh), ts.shard_batch(batch, mesh))
+  new, _ = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
   new = jax.device_get(new)
   frozen = {"stem_conv", "stem_bn"} | {n for n in variables["params"]["encoder"]
                                        if n.startswith(("block1_", "block2_"))}
@@ -339,7 +343,7 @@ def test_fine_tune_after_block_is_checked():
   config = pretrained_fixture.tiny_config()
   config.finetune.fine_tune_after_block = 5
   with pytest.raises(config_lib.ConfigError, match=r"finetune.fine_tune_after_block = 5"):
-    evaluate.validate_finetune(config, head_layers=2)
+    finetune.validate_finetune(config, head_layers=2)
 
 
 # --- projection-layer selectors and classifier init ----------------------------------
@@ -371,8 +375,8 @@ def test_online_probe_reads_the_selected_projection_layer():
 
 
 def test_linear_eval_classifier_init_option():
-  zero = evaluate.linear_classifier(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 64)))
-  normal = evaluate.linear_classifier(10, zero_init=False).init(jax.random.PRNGKey(0),
+  zero = linear_eval.linear_classifier(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 64)))
+  normal = linear_eval.linear_classifier(10, zero_init=False).init(jax.random.PRNGKey(0),
                                                                 jnp.zeros((1, 64)))
   assert not np.any(zero["params"]["kernel"])
   assert 0.005 < float(np.std(normal["params"]["kernel"])) < 0.02

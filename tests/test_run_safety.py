@@ -13,7 +13,7 @@ import pytest
 
 from configs import base
 from simclr_jax import checkpointing
-from simclr_jax import evaluate
+from simclr_jax import pretrained as pretrained_lib
 from simclr_jax import probe
 from simclr_jax import small_data
 from simclr_jax import train
@@ -75,16 +75,16 @@ def save_pretraining_checkpoints(workdir: str, steps) -> None:
 def test_init_from_skips_an_unreadable_latest_checkpoint(tmp_path, caplog):
   workdir = str(tmp_path)
   save_pretraining_checkpoints(workdir, (3, 7))
-  assert evaluate.load_pretrained(workdir).step == 7
+  assert pretrained_lib.load_pretrained(workdir).step == 7
   damage(os.path.join(workdir, "checkpoints", "7"))
   with caplog.at_level(logging.WARNING):
-    pretrained = evaluate.load_pretrained(workdir)
+    pretrained = pretrained_lib.load_pretrained(workdir)
   assert pretrained.step == 3 and pretrained.config.model.width_multiplier == 0.125
   assert np.all(pretrained.variables["params"]["dense"]["kernel"] == 3)
   assert "checkpoints/7 does not restore" in caplog.text and "skipped step 7" in caplog.text
   # The step named explicitly is not replaced by another one.
   with pytest.raises(Exception):
-    evaluate.load_pretrained(os.path.join(workdir, "checkpoints", "7"))
+    pretrained_lib.load_pretrained(os.path.join(workdir, "checkpoints", "7"))
 
 
 def test_resume_skips_unreadable_checkpoints_or_says_none_restores(tmp_path, caplog):

@@ -68,6 +68,7 @@ def test_bfloat16_step_tracks_float32_and_stays_finite_at_low_temperature():
   and the step-3 loss drifts by 3.4%, so the test pins L. A bf16 softmax at tau = 0.05
   or bf16 parameters would miss these by far (or overflow)."""
   from simclr_jax import models
+  from simclr_jax import parallel
   from simclr_jax import train_step as ts
   from tests.workers import train_step_invariance as worker
 
@@ -76,16 +77,16 @@ def test_bfloat16_step_tracks_float32_and_stays_finite_at_low_temperature():
     c.model.dtype = dtype
     c.loss.temperature = 0.05
     c.loss.official_scaling = False  # the bounds below were measured with L
-    mesh = ts.make_mesh(jax.devices()[:1])
-    model = models.create_model(c.model, num_classes=10, axis_name=ts.AXIS)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = models.create_model(c.model, num_classes=10, axis_name=parallel.AXIS)
     tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
     init = ts.create_train_state(jax.random.PRNGKey(0), model, tx, c.data.image_size)
     init_params = jax.device_get(init.params)  # the step donates the state's buffers
-    state = ts.replicate(init, mesh)
+    state = parallel.replicate(init, mesh)
     step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c), mesh)
     losses = []
     for batch in worker.batches(c, num_classes=10):
-      state, metrics = step(state, ts.shard_batch(batch, mesh))
+      state, metrics = step(state, parallel.shard_batch(batch, mesh))
       losses.append(float(metrics["loss"]))
     params = jax.device_get(state.params)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))

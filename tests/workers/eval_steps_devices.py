@@ -14,10 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import evaluate
+from simclr_jax import finetune
+
+from simclr_jax import linear_eval
+
 from simclr_jax import models
+from simclr_jax import parallel
+from simclr_jax import supervised
 from simclr_jax import supervised_optim
-from simclr_jax import train_step as ts
 from tests import pretrained_fixture
 
 STEPS, BATCH, SIZE, CLASSES = 3, 16, 8, 5
@@ -38,24 +42,24 @@ def optimizer(wd):
 
 def linear_runs(config, pretrained, batches):
   model = models.create_model(config.model)
-  featurize = evaluate.encoder_featurize(model)
-  classifier = evaluate.linear_classifier(CLASSES)
+  featurize = linear_eval.encoder_featurize(model)
+  classifier = linear_eval.linear_classifier(CLASSES)
   tx, schedule = optimizer(1e-2)
   feature_dim = models.feature_dim(18, 0.125)
   out = {}
   for k in (2, 8):
-    mesh = ts.make_mesh(jax.devices()[:k])
-    state = ts.replicate(evaluate.init_classifier_state(classifier, feature_dim, tx), mesh)
-    step = evaluate.shard_supervised_step(
-        evaluate.make_linear_step(featurize, classifier, tx, schedule), mesh, num_inputs=3)
-    frozen = ts.replicate(pretrained, mesh)
+    mesh = parallel.make_mesh(jax.devices()[:k])
+    state = parallel.replicate(linear_eval.init_classifier_state(classifier, feature_dim, tx), mesh)
+    step = supervised.shard_supervised_step(
+        linear_eval.make_linear_step(featurize, classifier, tx, schedule), mesh, num_inputs=3)
+    frozen = parallel.replicate(pretrained, mesh)
     losses = []
     for batch in batches:
-      state, metrics = step(state, frozen, ts.shard_batch(batch, mesh))
+      state, metrics = step(state, frozen, parallel.shard_batch(batch, mesh))
       losses.append(float(metrics["train_loss"]))
     out[k] = (losses, jax.device_get(state.params), {})
   # Reference: whole batch, no shard_map.
-  state = evaluate.init_classifier_state(classifier, feature_dim, tx)
+  state = linear_eval.init_classifier_state(classifier, feature_dim, tx)
   params, opt_state, losses = state.params, state.opt_state, []
 
   @jax.jit
@@ -78,26 +82,26 @@ def finetune_runs(config, pretrained, batches, head_layers):
   tx, schedule = optimizer(1e-3)
   out = {}
   for k in (8,):
-    mesh = ts.make_mesh(jax.devices()[:k])
-    net = evaluate.FinetuneNet(model_config=config.model.to_dict(), num_classes=CLASSES,
-                               head_layers=head_layers, axis_name=ts.AXIS)
-    variables = evaluate.finetune_variables(net, pretrained, SIZE, seed=0)
-    state = evaluate.SupervisedState(step=jnp.zeros((), jnp.int32),
+    mesh = parallel.make_mesh(jax.devices()[:k])
+    net = finetune.FinetuneNet(model_config=config.model.to_dict(), num_classes=CLASSES,
+                               head_layers=head_layers, axis_name=parallel.AXIS)
+    variables = finetune.finetune_variables(net, pretrained, SIZE, seed=0)
+    state = supervised.SupervisedState(step=jnp.zeros((), jnp.int32),
                                      params=variables["params"],
                                      batch_stats=variables["batch_stats"],
                                      opt_state=tx.init(variables["params"]))
-    state = ts.replicate(state, mesh)
-    step = evaluate.shard_supervised_step(evaluate.make_finetune_step(net, tx, schedule),
+    state = parallel.replicate(state, mesh)
+    step = supervised.shard_supervised_step(finetune.make_finetune_step(net, tx, schedule),
                                           mesh, num_inputs=2)
     losses = []
     for batch in batches:
-      state, metrics = step(state, ts.shard_batch(batch, mesh))
+      state, metrics = step(state, parallel.shard_batch(batch, mesh))
       losses.append(float(metrics["train_loss"]))
     out[k] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
   # Reference: whole batch, BN over the whole batch, no collectives.
-  net = evaluate.FinetuneNet(model_config=config.model.to_dict(), num_classes=CLASSES,
+  net = finetune.FinetuneNet(model_config=config.model.to_dict(), num_classes=CLASSES,
                              head_layers=head_layers, axis_name=None)
-  variables = evaluate.finetune_variables(net, pretrained, SIZE, seed=0)
+  variables = finetune.finetune_variables(net, pretrained, SIZE, seed=0)
   params, stats = variables["params"], variables["batch_stats"]
   opt_state, losses = tx.init(params), []
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from configs import base
 from simclr_jax import grad_cache
+from simclr_jax import parallel
 from simclr_jax import train_step as ts
 
 STEPS = 2
@@ -81,16 +82,16 @@ def batches():
 
 def run(model, c, num_devices, data):
   """STEPS train steps on `num_devices` devices: (losses, params, batch_stats)."""
-  mesh = ts.make_mesh(jax.devices()[:num_devices])
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
   tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
-  state = ts.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, IMAGE_SIZE),
+  state = parallel.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, IMAGE_SIZE),
                        mesh)
   grad_fn = grad_cache.make_chunked_grad_fn(model, c) if c.loss.chunks > 1 else None
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c, grad_fn=grad_fn),
                              mesh)
   seen = []
   for batch in data:
-    state, metrics = step(state, ts.shard_batch(batch, mesh))
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
     seen.append([float(metrics[k]) for k in ("loss", "contrast_acc", "probe_loss")])
   return np.asarray(seen), jax.device_get(state.params), jax.device_get(state.batch_stats)
 
@@ -98,7 +99,7 @@ def run(model, c, num_devices, data):
 def main(out_path):
   data = batches()
   chunked, unchunked = tiny_config(chunks=2), tiny_config(chunks=1)
-  toy = ToySimCLR(norm="batch", axis_name=ts.AXIS)
+  toy = ToySimCLR(norm="batch", axis_name=parallel.AXIS)
   runs = [(f"toy_chunked_{k}", toy, chunked, k) for k in (1, 4, 8)]
   runs += [("toy_unchunked_1", toy, unchunked, 1)]
   results = {}

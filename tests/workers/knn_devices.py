@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from simclr_jax import knn
-from simclr_jax import train_step as ts
+from simclr_jax import parallel
 
 
 def main(out_path):
@@ -19,12 +19,12 @@ def main(out_path):
   query_labels = rng.integers(0, 4, 11).astype(np.int32)
   results = {}
   for devices in (1, 2, 3, 8):
-    mesh = ts.make_mesh(jax.devices()[:devices])
+    mesh = parallel.make_mesh(jax.devices()[:devices])
     for k in (3, 20, 200):  # 20 > 37/8 rows per device; 200 > the whole bank
       padded = -(-37 // devices) * devices
       pad = lambda x: np.concatenate([x, np.zeros((padded - 37, *x.shape[1:]), x.dtype)])
       scorer = knn.make_knn_scorer(mesh, num_classes=4, k=k, temperature=0.1)
-      split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ts.AXIS))
+      split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.AXIS))
       put = lambda x: jax.device_put(x, split)
       scores = scorer(put(pad(knn.l2_normalize(bank))), put(pad(bank_labels)),
                       put(pad(np.ones(37, bool))), knn.l2_normalize(queries))

@@ -13,6 +13,7 @@ import optax
 from configs import base
 from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax import parallel
 from simclr_jax import train_step as ts
 
 STEPS = 3
@@ -39,14 +40,14 @@ def batches(c, num_classes):
 
 
 def run_sharded(c, num_devices, data, num_classes):
-  mesh = ts.make_mesh(jax.devices()[:num_devices])
-  model = models.create_model(c.model, num_classes=num_classes, axis_name=ts.AXIS)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  model = models.create_model(c.model, num_classes=num_classes, axis_name=parallel.AXIS)
   tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
-  state = ts.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8), mesh)
+  state = parallel.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8), mesh)
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c), mesh)
   losses_seen = []
   for batch in data:
-    state, metrics = step(state, ts.shard_batch(batch, mesh))
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
     losses_seen.append(float(metrics["loss"]))
   return losses_seen, jax.device_get(state.params), jax.device_get(state.batch_stats)
 
