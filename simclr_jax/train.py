@@ -186,12 +186,17 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
         logging.warning("Stopped by a signal: saved step %d, exiting; the same command "
                         "resumes.", step)
         break
-      # Evaluations come after the step's checkpoint: a failing one loses no training.
-      if eval_step is not None and (step % config.eval_every_steps == 0 or last):
+      # Evaluations come after the step's checkpoint is written: a failing one loses no
+      # training (and none builds its tf.data pipeline while Orbax still writes).
+      eval_due = eval_step is not None and (step % config.eval_every_steps == 0 or last)
+      knn_due = knn_every > 0 and (step % knn_every == 0 or last)
+      if eval_due or knn_due:
+        ckpt.wait()
+      if eval_due:
         evaluate_safely("Online-probe evaluation", step,
                         lambda: evaluate_probe(run, eval_step, state), log)
       # kNN monitor (knn.py), off unless config.knn_every_steps > 0.
-      if knn_every > 0 and (step % knn_every == 0 or last):
+      if knn_due:
         evaluate_safely("kNN monitor", step, lambda: knn.evaluate_knn(
             run.model, {"params": state.params, "batch_stats": state.batch_stats}, run.config,
             data_dir=run.data_dir, mesh=run.mesh, num_classes=run.info.num_classes), log)

@@ -142,7 +142,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
                  if d.isdigit())
   stopped = saved[-1]
   assert 3 < stopped < steps, (saved, outputs[0][-3000:])
-  assert all(f"Preempted: saved step {stopped}" in out for out in outputs)
+  assert all(f"Stopped by a signal: saved step {stopped}" in out for out in outputs)
   assert max(cli.losses_by_step(workdir)) == stopped
 
   outputs = wait_all(start_job(workdir, free_port(), run))

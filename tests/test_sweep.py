@@ -275,7 +275,8 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
   table = sweep.read_csv(os.path.join(sweep_dir, "results.csv"))
   assert [(r["batch_size"], r["status"]) for r in table] == [("128", "finished"),
                                                             ("256", "finished")]
-  assert [int(r["steps"]) for r in table] == [round(0.4 * 11), round(0.4 * 5)]
+  # The official count N x E // B + 1 (steps.py), N = 1,438 digits training images.
+  assert [int(r["steps"]) for r in table] == [int(1438 * 0.4 // b) + 1 for b in (128, 256)]
   for r in table:
     assert 0.0 <= float(r["linear_probe_top1"]) <= 1.0
     assert float(r["images_per_s"]) > 0 and np.isfinite(float(r["final_loss"]))

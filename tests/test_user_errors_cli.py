@@ -8,11 +8,10 @@ import sys
 
 import pytest
 
+from configs import digits
 from tests import cli
 
-DIGITS_FIELDS = ("'bn_epsilon', 'bn_momentum', 'cifar_stem', 'depth', 'dtype', 'global_bn', "
-                 "'head_mode', 'head_num_layers', 'online_probe', 'proj_dim', "
-                 "'width_multiplier'")
+DIGITS_FIELDS = ", ".join(repr(k) for k in sorted(digits.get_config().model))
 
 
 def run(workdir, *args, config="configs/digits.py"):
