@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from simclr_jax import export
+from simclr_jax import export_format as export
 from simclr_jax import tf1_layout as layout
 from simclr_jax.models import resnet
 from simclr_jax.models import selective_kernel

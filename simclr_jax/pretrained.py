@@ -86,7 +86,7 @@ def _load_step(step_dir: epath.Path) -> Pretrained:
 
 
 def _load_export(path: str) -> Pretrained:
-  from simclr_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax import export_format as export_lib  # pylint: disable=g-import-not-at-top
   _, variables, spec = export_lib.load_variables(path)
   model = {k: v for k, v in export_lib.model_spec_of(spec["model"]).items()
            if k not in ("num_classes", "probe_from_projection_layer")}

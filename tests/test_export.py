@@ -11,6 +11,7 @@ import pytest
 import jax
 
 from simclr_jax import export
+from simclr_jax import export_format
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import pretrained as pretrained_lib
@@ -211,7 +212,7 @@ def test_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch):
 
 
 def _snapshot(root):
-  return {name: export._sha256(os.path.join(root, name)) for name in export._files(root)}
+  return {name: export_format._sha256(os.path.join(root, name)) for name in export_format._files(root)}
 
 
 def test_export_refuses_a_directory_it_did_not_write(exported, tmp_path):
