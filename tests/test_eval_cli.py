@@ -150,6 +150,24 @@ def test_readme_export_example(pretrained, tmp_path):
       "encoder.jax_export", "model.json", "saved_model", "variables"]
 
 
+def test_readme_finetune_and_knn_examples(pretrained, tmp_path):
+  """The README's fine-tuning and kNN blocks as written, on the pretrained workdir (tiny
+  overrides appended): kNN gives the pretraining monitor's figures (same encoder, same
+  protocol), fine-tuning trains its 3 steps."""
+  paths = {"workdirs/demo_finetune": str(tmp_path / "finetune"),
+           "workdirs/demo_knn": str(tmp_path / "knn"), "workdirs/demo": pretrained}
+  tiny = (*cli.TINY, f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
+          "--config.log_every_steps=1")
+  readme.run_shell_block("knn", paths, tiny)
+  result, monitor = final(paths["workdirs/demo_knn"], "knn_top1"), final(pretrained, "knn_top1")
+  assert (result["knn_top1"], result["knn_top5"]) == (monitor["knn_top1"], monitor["knn_top5"])
+  readme.run_shell_block("finetune", paths, (*tiny, "--config.finetune.batch_size=32",
+                                             "--config.finetune.num_train_steps=3"))
+  finetuned = paths["workdirs/demo_finetune"]
+  assert 0.0 <= final(finetuned, "finetune_top1")["finetune_top1"] <= 1.0
+  assert len([r for r in records(finetuned) if "finetune_train_loss" in r]) == 3
+
+
 def test_export_into_the_pretraining_workdir_is_refused(pretrained, tmp_path):
   """`--config.export.dir` = the workdir used to delete the run's checkpoints, config and
   data before writing the export: now refused before anything is written."""

@@ -204,7 +204,7 @@ def test_failed_export_keeps_the_previous_one(exported, tmp_path, monkeypatch):
 
   def broken(*args, **kwargs):
     raise RuntimeError("killed midway")
-  monkeypatch.setattr(export, "write_jax_export", broken)
+  monkeypatch.setattr(export_format, "write_jax_export", broken)
   with pytest.raises(RuntimeError, match="killed midway"):
     export.write_export(pretrained, export_dir, image_size=IMAGE_SIZE, platforms=("cpu",))
   assert export.read_spec(export_dir, "jax_export")["sha256"] == before

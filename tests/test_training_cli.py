@@ -106,7 +106,9 @@ def test_dry_run_prints_config_and_plan(tmp_path):
                          re.M))
   # digits: 1,438 training images; 30 epochs; 3 warm-up epochs; LR 1.0 x 64/256.
   assert plan["train examples"] == "1,438" and plan["steps per epoch"] == "22"
-  assert plan["total steps"] == "660" and plan["warm-up steps"] == "66"
+  # The official counts (steps.py): N x E // B + 1 and round(W x N // B), N = 1,438.
+  assert plan["total steps"] == str(1438 * 30 // 64 + 1)
+  assert plan["warm-up steps"] == str(round(3 * 1438 // 64))
   assert plan["peak learning rate"] == "0.25" and plan["per-device batch"] == "32"
   assert int(plan["parameters"].replace(",", "")) > 100_000
   assert "temperature: 0.2" in proc.stdout  # the resolved config
