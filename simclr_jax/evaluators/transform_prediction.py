@@ -153,8 +153,9 @@ class TransformPrediction:
       fail("seed", "expected an integer >= 0")
     self.max_images, self.noise_sigma = fields["max_images"], float(fields["noise_sigma"])
     self.seed = fields["seed"]
+    self.feature_fn = make_feature_fn(ctx.model, ctx.mesh)  # compiled once, at the first run
 
-  def _features(self, feature_fn, variables, h_width: int, task: str, split: str,
+  def _features(self, variables, h_width: int, task: str, split: str,
                 split_index: int):
     """({"h": [N, C_h], "gh": [N, C_z]}, [N] labels) of the task's copies of `split`."""
     config = self.ctx.config
@@ -163,9 +164,8 @@ class TransformPrediction:
                                num_batches)
     rng = np.random.default_rng([self.seed, list(CLASSES).index(task), split_index,
                                  jax.process_index()])
-    both, labels = knn.extract_features(
-        feature_fn, variables, task_batches(task, batches, noise_sigma=self.noise_sigma,
-                                            rng=rng), self.ctx.mesh)
+    copies = task_batches(task, batches, noise_sigma=self.noise_sigma, rng=rng)
+    both, labels = knn.extract_features(self.feature_fn, variables, copies, self.ctx.mesh)
     return {"h": both[:, :h_width], "gh": both[:, h_width:]}, labels
 
   def run(self, state) -> dict[str, float]:
@@ -180,12 +180,11 @@ class TransformPrediction:
                              variables).shape[-1]
     if model.head_mode == "none":
       logging.log_first_n(logging.INFO, "transform_prediction: head_mode 'none', g(h) = h", 1)
-    feature_fn = make_feature_fn(model, self.ctx.mesh)
     results = {}
     for task in self.tasks:
-      train, train_labels = self._features(feature_fn, variables, h_width, task,
+      train, train_labels = self._features(variables, h_width, task,
                                            config.train_split, 0)
-      test, test_labels = self._features(feature_fn, variables, h_width, task,
+      test, test_labels = self._features(variables, h_width, task,
                                          config.eval_split, 1)
       results.update(task_metrics(task, train, train_labels, test, test_labels))
     return results
