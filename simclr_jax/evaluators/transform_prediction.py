@@ -10,9 +10,9 @@ it invariant to, h keeps it. Each task turns eval-preprocessed images (centre vi
   sobel     0 = the image, 1 = Sobel gradient magnitude of its grayscale / (4 sqrt 2)
             (in [0, 1]), 3 channels
 
-Labels are a seeded permutation of a balanced cycle within each batch. h and g(h)
-(the projection head's output z before normalisation; with head_mode "none", g(h) = h)
-come from one inference-mode pass (BN running averages); a logistic regression
+Labels are a seeded permutation of a balanced cycle over each batch's real images.
+h and g(h) (the projection head's output z before normalisation; with head_mode "none",
+g(h) = h) come from one inference-mode pass (BN running averages); a logistic regression
 (probe.fit_and_score) fit on the train split's features is scored on the eval split's.
 The chance level is the eval split's majority-class fraction.
 
@@ -96,13 +96,15 @@ def transform(task: str, images: np.ndarray, labels: np.ndarray, *, noise_sigma:
 
 
 def task_batches(task: str, batches, *, noise_sigma: float, rng: np.random.Generator):
-  """Eval batches {"image", "label", "mask"} -> the same with the task's images and labels
-  (padding rows keep mask False)."""
+  """Eval batches {"image", "label", "mask"} -> the same with the task's images and labels,
+  balanced over each batch's real rows (padding rows keep mask False and label 0)."""
   for batch in batches:
     images = np.asarray(batch["image"], np.float32)
-    labels = balanced_labels(len(images), CLASSES[task], rng)
+    mask = np.asarray(batch["mask"], bool)
+    labels = np.zeros(len(images), np.int32)
+    labels[mask] = balanced_labels(int(mask.sum()), CLASSES[task], rng)
     yield {"image": transform(task, images, labels, noise_sigma=noise_sigma, rng=rng),
-           "label": labels, "mask": np.asarray(batch["mask"], bool)}
+           "label": labels, "mask": mask}
 
 
 def task_metrics(task: str, train: dict, train_labels: np.ndarray, test: dict,
