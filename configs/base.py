@@ -4,6 +4,7 @@ Values follow the official SimCLR code / paper (Chen et al., ICML 2020) unless n
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # The fields of c.augment that augment.view2 can override for the second view.
 VIEW2_FIELDS = ("crop", "area_range", "aspect_ratio_range", "flip", "color_jitter_prob",
@@ -69,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   # (Figure 5's asymmetric protocol: the studied operators on view 1, view 2 with crop,
   # flip, colour_jitter_prob, grayscale_prob, ... off; crop = False: the whole image
   # resized).
-  c.augment.view2 = ml_collections.ConfigDict({f: None for f in VIEW2_FIELDS})
+  c.augment.view2 = ml_collections.ConfigDict(
+      {f: config_dict.placeholder(type(c.augment[f])) for f in VIEW2_FIELDS})
 
   # --- model ------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
