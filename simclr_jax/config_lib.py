@@ -124,10 +124,12 @@ def _validate_augment(config):
   if config.augment.blur_on != "device":
     return
   # The train step blurs both views alike, after everything tf.data did.
-  for field in ("blur", "blur_prob", "blur_sigma_range"):
-    if field in overrides:
-      _fail(f"augment.view2.{field}", overrides[field],
-            "a per-view blur needs the blur in tf.data (augment.blur_on = 'data')")
+  def blur_of(augment):
+    return (True, augment.blur_prob, tuple(augment.blur_sigma_range)) if augment.blur else ()
+  if blur_of(merged) != blur_of(config.augment):
+    field = next(f for f in ("blur", "blur_prob", "blur_sigma_range") if f in overrides)
+    _fail(f"augment.view2.{field}", overrides[field],
+          "a per-view blur needs the blur in tf.data (augment.blur_on = 'data')")
   if config.augment.blur:
     for view, augment in (("augment", config.augment), ("augment.view2", merged)):
       for field in ("rotate_prob", "cutout_prob", "sobel_prob", "noise_prob"):
