@@ -374,7 +374,8 @@ def test_crop_disabled_resizes_the_whole_image(size):
   out = _fixed_batch(images, _uniforms(2, spec, views=1), spec).numpy()
   ref = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [size, size], method="bicubic",
                         antialias=False).numpy()
-  np.testing.assert_allclose(out[:, 0], np.clip(ref, 0.0, 1.0), atol=1e-5)
+  # (tf.image reads the kernel from a 1024-entry table: within 0.25 on the 0-255 scale.)
+  np.testing.assert_allclose(out[:, 0], np.clip(ref, 0.0, 1.0), atol=1e-3)
 
 
 def test_eval_view():
