@@ -158,7 +158,7 @@ def test_operators_are_deterministic_per_example_and_off_costs_nothing():
 def test_default_policies_make_the_views_they_made_before(case):
   """Views of the pipeline before these operators existed (e37d07f; equal bit for bit
   on the machine that made the fixture; the tolerance allows other CPUs' rounding)."""
-  ref = np.load("tests/fixtures/default_views.npz")[case]
+  ref = np.load(fixture.PATH)[case]
   np.testing.assert_allclose(fixture.case_views(case), ref, rtol=0, atol=1e-5)
 
 
@@ -189,7 +189,7 @@ def test_view2_overrides_apply_to_the_second_view_only():
     for image2 in b["image2"]:
       assert np.abs(images - image2).max(axis=(1, 2, 3)).min() < 1e-6
   # View 1 is the default policy's view (the fixture), rotated by 90, 180 or 270 degrees.
-  default = np.load("tests/fixtures/default_views.npz")["fixed"][0, 0]
+  default = np.load(fixture.PATH)["fixed"][0, 0]
   for image1, ref in zip(first["image1"], default):
     errors = [np.abs(np.rot90(ref, k) - image1).max() for k in range(4)]
     assert np.argmin(errors) > 0 and min(errors) < 1e-5, errors
