@@ -101,8 +101,9 @@ def crop_box(shape: tf.Tensor, seed: tf.Tensor, view: int,
 
 def _boxes(shape: tf.Tensor, seed: tf.Tensor,
            specs: tuple[ViewSpec, ...]) -> list[tuple[tf.Tensor, tf.Tensor]]:
-  whole = (tf.zeros([3], tf.int32), tf.concat([shape[:2], [-1]], 0))
-  return [crop_box(shape, seed, v, spec) if spec.crop else whole
+  def whole():
+    return tf.zeros([3], tf.int32), tf.concat([shape[:2], [-1]], 0)
+  return [crop_box(shape, seed, v, spec) if spec.crop else whole()
           for v, spec in enumerate(specs)]
 
 
@@ -138,7 +139,10 @@ def decode_views(encoded: tf.Tensor, seed: tf.Tensor, u: tf.Tensor,
   num_views = u.shape[0]
   specs = (specs,) * num_views if isinstance(specs, ViewSpec) else tuple(specs)
   size = specs[0].image_size
-  flips = [flip_draw(u[v], spec) if spec.flip else None for v, spec in enumerate(specs)]
+  # One draw for all views, as a tf.data map's per-example cost is counted in ops.
+  flipping = [spec for spec in specs if spec.flip]
+  draws = tf.unstack(flip_draw(u, flipping[0])) if flipping else [None] * num_views
+  flips = [d if spec.flip else None for d, spec in zip(draws, specs)]
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)
