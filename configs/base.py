@@ -4,6 +4,13 @@ Values follow the official SimCLR code / paper (Chen et al., ICML 2020) unless n
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+# The fields of c.augment that augment.view2 can override for the second view.
+VIEW2_FIELDS = ("crop", "area_range", "aspect_ratio_range", "flip", "color_jitter_prob",
+                "color_strength", "jitter_impl", "color_random_order", "grayscale_prob",
+                "blur", "blur_prob", "blur_sigma_range", "rotate_prob", "cutout_prob",
+                "cutout_size_range", "sobel_prob", "noise_prob", "noise_sigma_range")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -51,6 +58,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.blur_sigma_range = (0.1, 2.0)
   c.augment.blur_kernel_fraction = 0.1  # kernel side / image side
   c.augment.blur_on = "device"  # "data" (tf.data) | "device" (inside the train step)
+  # Figure 4's other operators, applied in tf.data after the blur in this order (all off;
+  # with any on, a blur must run in tf.data: blur_on = "data"). See docs/augmentations.md.
+  c.augment.rotate_prob = 0.0  # rotation by k x 90 degrees, k uniform in {1, 2, 3}
+  c.augment.cutout_prob = 0.0  # a zero square of side U(cutout_size_range) x image side
+  c.augment.cutout_size_range = (0.2, 0.5)
+  c.augment.sobel_prob = 0.0  # Sobel gradient magnitude of the grayscale view
+  c.augment.noise_prob = 0.0  # + N(0, sigma^2) per pixel, sigma ~ U(noise_sigma_range)
+  c.augment.noise_sigma_range = (0.05, 0.2)  # on [0, 1] pixel values
+  # The second view's policy: a non-None field overrides the field above for view 2 only
+  # (Figure 5's asymmetric protocol: the studied operators on view 1, view 2 with crop,
+  # flip, colour_jitter_prob, grayscale_prob, ... off; crop = False: the whole image
+  # resized).
+  c.augment.view2 = ml_collections.ConfigDict(
+      {f: config_dict.placeholder(type(c.augment[f])) for f in VIEW2_FIELDS})
 
   # --- model ------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()

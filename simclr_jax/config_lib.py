@@ -115,17 +115,50 @@ def _validate_model(config):
 
 
 def _validate_augment(config):
-  for field in ("color_jitter_prob", "grayscale_prob", "blur_prob"):
-    _probability(config, f"augment.{field}")
-  _positive(config, "augment.color_strength", strict=False)
-  lo, hi = _pair(config, "augment.area_range")
-  if not 0.0 < lo <= hi <= 1.0:
-    _fail("augment.area_range", (lo, hi), "expected 0 < low <= high <= 1")
-  lo, hi = _pair(config, "augment.aspect_ratio_range")
-  if not 0.0 < lo <= hi:
-    _fail("augment.aspect_ratio_range", (lo, hi), "expected 0 < low <= high")
-  lo, hi = _pair(config, "augment.blur_sigma_range")
-  if not 0.0 < lo <= hi:
-    _fail("augment.blur_sigma_range", (lo, hi), "expected 0 < low <= high (pixels)")
+  _validate_view(config, "augment")
   _one_of(config, "augment.blur_on", BLUR_ON)
-  _one_of(config, "augment.jitter_impl", JITTER_IMPLS)
+  overrides = {k: v for k, v in config.augment.view2.items() if v is not None}
+  # The second view's policy: augment with the overrides, checked field by field.
+  merged = ml_collections.ConfigDict(dict(config.augment.items(), **overrides))
+  _validate_view(ml_collections.ConfigDict({"augment": {"view2": merged}}), "augment.view2")
+  if config.augment.blur_on != "device":
+    return
+  # The train step blurs both views alike, after everything tf.data did.
+  def blur_of(augment):
+    return (True, augment.blur_prob, tuple(augment.blur_sigma_range)) if augment.blur else ()
+  if blur_of(merged) != blur_of(config.augment):
+    field = next(f for f in ("blur", "blur_prob", "blur_sigma_range") if f in overrides)
+    _fail(f"augment.view2.{field}", overrides[field],
+          "a per-view blur needs the blur in tf.data (augment.blur_on = 'data')")
+  if config.augment.blur:
+    for view, augment in (("augment", config.augment), ("augment.view2", merged)):
+      for field in ("rotate_prob", "cutout_prob", "sobel_prob", "noise_prob"):
+        if augment[field] > 0:
+          _fail(f"{view}.{field}", augment[field],
+                "the operators follow the blur, so with augment.blur it must run in tf.data "
+                "(augment.blur_on = 'data')")
+
+
+def _validate_view(config, view: str):
+  """The per-view fields of config.<view> (augment or augment.view2 merged into it)."""
+  for field in ("color_jitter_prob", "grayscale_prob", "blur_prob", "rotate_prob",
+                "cutout_prob", "sobel_prob", "noise_prob"):
+    _probability(config, f"{view}.{field}")
+  _positive(config, f"{view}.color_strength", strict=False)
+  lo, hi = _pair(config, f"{view}.area_range")
+  if not 0.0 < lo <= hi <= 1.0:
+    _fail(f"{view}.area_range", (lo, hi), "expected 0 < low <= high <= 1")
+  lo, hi = _pair(config, f"{view}.aspect_ratio_range")
+  if not 0.0 < lo <= hi:
+    _fail(f"{view}.aspect_ratio_range", (lo, hi), "expected 0 < low <= high")
+  lo, hi = _pair(config, f"{view}.blur_sigma_range")
+  if not 0.0 < lo <= hi:
+    _fail(f"{view}.blur_sigma_range", (lo, hi), "expected 0 < low <= high (pixels)")
+  lo, hi = _pair(config, f"{view}.cutout_size_range")
+  if not 0.0 < lo <= hi <= 1.0:
+    _fail(f"{view}.cutout_size_range", (lo, hi),
+          "expected 0 < low <= high <= 1 (the square's side / the image side)")
+  lo, hi = _pair(config, f"{view}.noise_sigma_range")
+  if not 0.0 <= lo <= hi:
+    _fail(f"{view}.noise_sigma_range", (lo, hi), "expected 0 <= low <= high (on [0, 1] pixels)")
+  _one_of(config, f"{view}.jitter_impl", JITTER_IMPLS)

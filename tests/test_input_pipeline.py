@@ -336,10 +336,6 @@ def test_bad_datasets_and_splits_are_named(data_dir, tmp_path):
     ip.dataset_info(c, data_dir=data_dir)
   with pytest.raises(ValueError, match="4-channel images"):
     ip.TfdsSource(_Rgba(data_dir=str(tmp_path)), "rgba")
-  c = _config()
-  c.data.image_size, c.augment.crop = 48, False
-  with pytest.raises(ValueError, match="32x32 images, smaller than the output size 48"):
-    ip.create_pretrain_dataset(c, data_dir=data_dir, process_index=0, process_count=1)
 
 
 # ------------------------------------------------------------------------------------
@@ -381,10 +377,10 @@ def test_folder_dataset_skips_and_counts_undecodable_files(tmp_path, caplog):
   ev = list(ip.create_eval_dataset(c, data_dir=None, process_index=0,
                                    process_count=1).as_numpy_iterator())
   assert sum(e["mask"].sum() for e in ev) == 2
-  # Crop disabled and images smaller than the output: an error naming it.
+  # Crop disabled: the whole image resized, whatever its size.
   c.augment.crop, c.data.image_size = False, 64
-  with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the output size 64"):
-    _take(ip.create_pretrain_dataset(c, data_dir=None, process_index=0, process_count=1), 1)
+  b = _take(ip.create_pretrain_dataset(c, data_dir=None, process_index=0, process_count=1), 1)[0]
+  assert b["image1"].shape == (4, 64, 64, 3)
 
 
 def test_folder_with_train_and_test_subfolders(tmp_path):

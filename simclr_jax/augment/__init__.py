@@ -20,14 +20,21 @@ The cost is arranged differently, for speed on a few host cores:
 - Colour, grayscale and blur run as one XLA program per batch that loops over the
   views and runs, for each, only the operations it draws (saturation and hue in RGB,
   equal to tf.image's HSV definitions; a separable blur kernel).
+- Figure 4's other operators (rotation, cutout, Sobel, noise: `operators`) follow, on
+  whole batches, from a random stream of their own; off, they cost nothing.
+- Each view has its spec (`ViewSpec.pretrain_views`: config.augment.view2 overrides the
+  second's); views with equal specs share one program.
 """
 
 from simclr_jax.augment.color import (GRAY_WEIGHTS, adjust_contrast, adjust_hue,
                                       adjust_saturation, blur_views, finish_views,
                                       to_grayscale)
-from simclr_jax.augment.crop import (EVAL_CROP_PROPORTION, center_window, crop_resize_batch,
+from simclr_jax.augment.crop import (EVAL_CROP_PROPORTION, crop_resize_batch,
                                      eval_window, resize_matrix, sample_crop_window)
 from simclr_jax.augment.spec import (JITTER_IMPLS, ViewSpec, blur_radius, color_params,
                                      flip_draw, gaussian_kernel, view_uniforms)
-from simclr_jax.augment.views import (augment_fixed_batch, crop_box, crop_seed, decode_views,
-                                      eval_view)
+from simclr_jax.augment.operators import (NUM_OPERATOR_UNIFORMS, SOBEL_SCALE, apply_operators,
+                                          apply_view_operators, cutout, operator_params,
+                                          operator_seeds, operator_uniforms, rotate90, sobel)
+from simclr_jax.augment.views import (augment_fixed_batch, augment_fixed_views, crop_box,
+                                      crop_seed, decode_views, eval_view)

@@ -81,14 +81,6 @@ def sample_crop_window(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   return tf.cast(window, tf.int32)
 
 
-def center_window(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
-  """The central size x size window (no crop augmentation): int32 [..., 4]."""
-  height = tf.cast(height, tf.int32)
-  width = tf.cast(width, tf.int32)
-  s = tf.fill(tf.shape(height), size)
-  return tf.stack([(height - size) // 2, (width - size) // 2, s, s], axis=-1)
-
-
 def eval_window(height: tf.Tensor, width: tf.Tensor,
                 proportion: float = EVAL_CROP_PROPORTION) -> tf.Tensor:
   """The official eval crop: a centred square of `proportion` x the shorter side."""

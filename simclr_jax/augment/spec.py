@@ -43,6 +43,13 @@ class ViewSpec:
   blur_prob: float = 0.5
   blur_sigma_range: tuple[float, float] = (0.1, 2.0)
   blur_kernel_fraction: float = 0.1
+  # Figure 4's other operators (`simclr_jax.augment.operators`), after the blur.
+  rotate_prob: float = 0.0
+  cutout_prob: float = 0.0
+  cutout_size_range: tuple[float, float] = (0.2, 0.5)  # side / image side
+  sobel_prob: float = 0.0
+  noise_prob: float = 0.0
+  noise_sigma_range: tuple[float, float] = (0.05, 0.2)  # on [0, 1] pixel values
 
   def __post_init__(self):
     if self.jitter_impl not in JITTER_IMPLS:
@@ -56,26 +63,47 @@ class ViewSpec:
   def colors(self) -> bool:
     return self.color_jitter_prob > 0 and self.color_strength > 0
 
+  @property
+  def operators(self) -> bool:
+    """Whether any of rotation, cutout, Sobel or noise can apply."""
+    return max(self.rotate_prob, self.cutout_prob, self.sobel_prob, self.noise_prob) > 0
+
   @classmethod
   def pretrain(cls, config) -> "ViewSpec":
     """The SimCLR view of `config.augment` (blur here only when blur_on == "data")."""
+    return cls._of(config.augment, config)
+
+  @classmethod
+  def pretrain_views(cls, config) -> tuple["ViewSpec", "ViewSpec"]:
+    """The two views' specs: `config.augment`, and for the second view the same with
+    the non-None fields of `config.augment.view2` in their place."""
     a = config.augment
-    return cls(image_size=int(config.data.image_size), crop=bool(a.crop),
-               area_range=tuple(float(v) for v in a.area_range),
-               aspect_ratio_range=tuple(float(v) for v in a.aspect_ratio_range),
-               flip=bool(a.flip), color_jitter_prob=float(a.color_jitter_prob),
-               color_strength=float(a.color_strength), jitter_impl=str(a.jitter_impl),
-               color_random_order=bool(a.color_random_order),
-               grayscale_prob=float(a.grayscale_prob),
-               blur=bool(a.blur) and a.blur_on == "data", blur_prob=float(a.blur_prob),
-               blur_sigma_range=tuple(float(v) for v in a.blur_sigma_range),
-               blur_kernel_fraction=float(a.blur_kernel_fraction))
+    overrides = {k: v for k, v in a.view2.items() if v is not None}
+    return cls._of(a, config), cls._of(dict(a.items(), **overrides), config)
+
+  @classmethod
+  def _of(cls, a, config) -> "ViewSpec":
+    def pair(key):
+      return tuple(float(v) for v in a[key])
+    return cls(image_size=int(config.data.image_size), crop=bool(a["crop"]),
+               area_range=pair("area_range"), aspect_ratio_range=pair("aspect_ratio_range"),
+               flip=bool(a["flip"]), color_jitter_prob=float(a["color_jitter_prob"]),
+               color_strength=float(a["color_strength"]), jitter_impl=str(a["jitter_impl"]),
+               color_random_order=bool(a["color_random_order"]),
+               grayscale_prob=float(a["grayscale_prob"]),
+               blur=bool(a["blur"]) and config.augment.blur_on == "data",
+               blur_prob=float(a["blur_prob"]), blur_sigma_range=pair("blur_sigma_range"),
+               blur_kernel_fraction=float(a["blur_kernel_fraction"]),
+               rotate_prob=float(a["rotate_prob"]), cutout_prob=float(a["cutout_prob"]),
+               cutout_size_range=pair("cutout_size_range"), sobel_prob=float(a["sobel_prob"]),
+               noise_prob=float(a["noise_prob"]), noise_sigma_range=pair("noise_sigma_range"))
 
   @classmethod
   def crop_flip(cls, config) -> "ViewSpec":
     """Linear-eval / fine-tune training view: random resized crop and flip only."""
     return dataclasses.replace(cls.pretrain(config), color_jitter_prob=0.0,
-                               grayscale_prob=0.0, blur=False)
+                               grayscale_prob=0.0, blur=False, rotate_prob=0.0,
+                               cutout_prob=0.0, sobel_prob=0.0, noise_prob=0.0)
 
 
 def blur_radius(image_size: int, kernel_fraction: float) -> int:

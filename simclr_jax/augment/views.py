@@ -11,9 +11,9 @@ import functools
 import tensorflow as tf
 
 from simclr_jax.augment.color import color_gray_clip, blur_views
-from simclr_jax.augment.crop import (center_window, crop_resize_batch, eval_window,
-                                     sample_crop_window)
-from simclr_jax.augment.spec import ViewSpec, color_params, flip_draw
+from simclr_jax.augment.crop import crop_resize_batch, eval_window, sample_crop_window
+from simclr_jax.augment.operators import apply_view_operators
+from simclr_jax.augment.spec import ViewSpec, color_params, flip_draw, view_uniforms
 
 
 @tf.function(jit_compile=True, reduce_retracing=False)
@@ -23,8 +23,8 @@ def _augment_fixed_xla(images, u, spec):
   size = spec.image_size
   if spec.crop:
     windows = sample_crop_window(u, height, width, spec)
-  else:
-    windows = center_window(tf.fill([v, n], height), tf.fill([v, n], width), size)
+  else:  # the whole image
+    windows = tf.broadcast_to(tf.constant([0, 0, height, width]), [v, n, 4])
   views = crop_resize_batch(images, windows, flip_draw(u, spec), size,
                             scale=1.0 / 255.0 if images.dtype == tf.uint8 else 1.0)
   flat_u = tf.reshape(u, [v * n, u.shape[-1]])
@@ -45,15 +45,27 @@ def augment_fixed_batch(images: tf.Tensor, u: tf.Tensor,
     V tensors float32 [N, S, S, 3] in [0, 1]: view v of every image (slices of one
     view-major buffer, so no copy).
   """
-  if not spec.crop and (images.shape[1] < spec.image_size or images.shape[2] < spec.image_size):
-    raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are smaller than "
-                     f"the output size {spec.image_size} with crop augmentation disabled "
-                     "(config.augment.crop = False takes a central crop)")
   n, v, k = u.shape
   u = tf.transpose(u, [1, 0, 2])  # view-major, as the output
   flat = blur_views(_augment_fixed_xla(images, u, spec),
                     color_params(tf.reshape(u, [v * n, k]), spec), spec)
   return tf.unstack(tf.reshape(flat, [v, n, spec.image_size, spec.image_size, 3]))
+
+
+def augment_fixed_views(images: tf.Tensor, seeds: tf.Tensor,
+                        specs: tuple[ViewSpec, ...]) -> list[tf.Tensor]:
+  """View v of a batch of same-size images [N, H, W, 3] drawn from specs[v].
+
+  seeds: the examples' stateless seeds [N, 2]. All views in one program when their
+  specs are equal; then Figure 4's other operators (`augment.operators`), if on.
+  """
+  u = view_uniforms(seeds, len(specs), specs[0])
+  if len(set(specs)) == 1:
+    views = augment_fixed_batch(images, u, specs[0])
+  else:
+    views = [augment_fixed_batch(images, u[:, v:v + 1], spec)[0]
+             for v, spec in enumerate(specs)]
+  return apply_view_operators(views, seeds, specs)
 
 
 # ----------------------------------------------------------------------------------
@@ -87,13 +99,12 @@ def crop_box(shape: tf.Tensor, seed: tf.Tensor, view: int,
   return begin, size
 
 
-def _boxes(shape: tf.Tensor, seed: tf.Tensor, num_views: int,
-           spec: ViewSpec) -> list[tuple[tf.Tensor, tf.Tensor]]:
-  if spec.crop:
-    return [crop_box(shape, seed, v, spec) for v in range(num_views)]
-  side = tf.minimum(tf.reduce_min(shape[:2]), spec.image_size)
-  begin = tf.concat([(shape[:2] - side) // 2, [0]], 0)
-  return [(begin, tf.stack([side, side, -1]))] * num_views
+def _boxes(shape: tf.Tensor, seed: tf.Tensor,
+           specs: tuple[ViewSpec, ...]) -> list[tuple[tf.Tensor, tf.Tensor]]:
+  def whole():
+    return tf.zeros([3], tf.int32), tf.concat([shape[:2], [-1]], 0)
+  return [crop_box(shape, seed, v, spec) if spec.crop else whole()
+          for v, spec in enumerate(specs)]
 
 
 def _view(pixels: tf.Tensor, begin: tf.Tensor, size: tf.Tensor, flip: tf.Tensor | None,
@@ -110,48 +121,47 @@ def _view(pixels: tf.Tensor, begin: tf.Tensor, size: tf.Tensor, flip: tf.Tensor 
 
 
 def decode_views(encoded: tf.Tensor, seed: tf.Tensor, u: tf.Tensor,
-                 spec: ViewSpec) -> tuple[list[tf.Tensor], tf.Tensor]:
-  """Crops, resizes and flips V views of one encoded image.
-
-  Returns (views, image_size): V float32 [S, S, 3] in 0-255, and the image's
-  (height, width) int32 [2].
+                 specs: ViewSpec | tuple[ViewSpec, ...]) -> list[tf.Tensor]:
+  """Crops, resizes and flips V views of one encoded image: V float32 [S, S, 3] in 0-255.
 
   A JPEG is decoded once, inside the union of the V crop boxes only (its header gives
   the size the boxes are drawn for); other formats are decoded whole, once. Values
   are left in 0-255 with the bicubic overshoot: `finish_views(..., scale=1/255)`
-  continues. With crop disabled a view is the central S x S window; an image smaller
-  than that is used whole (the input pipeline reports it as an error).
+  continues. With crop disabled a view is the whole image resized to S x S.
 
   Args:
     encoded: the image file's bytes, a scalar string.
     seed: the example's stateless seed, int64 [2]: view v's crop box is drawn with
       `crop_seed(seed, v)`.
     u: [V, K] the views' uniforms (`view_uniforms` of seed): the flips.
-    spec: the view distribution.
+    specs: view v's distribution specs[v], or one for every view.
   """
-  size, num_views = spec.image_size, u.shape[0]
-  flips = tf.unstack(flip_draw(u, spec)) if spec.flip else [None] * num_views
+  num_views = u.shape[0]
+  specs = (specs,) * num_views if isinstance(specs, ViewSpec) else tuple(specs)
+  size = specs[0].image_size
+  # One draw for all views, as a tf.data map's per-example cost is counted in ops.
+  flipping = [spec for spec in specs if spec.flip]
+  draws = tf.unstack(flip_draw(u, flipping[0])) if flipping else [None] * num_views
+  flips = [d if spec.flip else None for d, spec in zip(draws, specs)]
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)
-    boxes = _boxes(shape, seed, num_views, spec)
+    boxes = _boxes(shape, seed, specs)
     top_left = functools.reduce(tf.minimum, [b for b, _ in boxes])
     bottom_right = functools.reduce(tf.maximum, [b + s for b, s in boxes])
     union = tf.image.decode_and_crop_jpeg(
         encoded, tf.concat([top_left[:2], (bottom_right - top_left)[:2]], 0), channels=3)
-    views = [_view(union, b - top_left, s, f, size) for (b, s), f in zip(boxes, flips)]
-    return views, shape[:2]
+    return [_view(union, b - top_left, s, f, size) for (b, s), f in zip(boxes, flips)]
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    shape = tf.shape(image)
-    boxes = _boxes(shape, seed, num_views, spec)
-    return [_view(image, b, s, f, size) for (b, s), f in zip(boxes, flips)], shape[:2]
+    boxes = _boxes(tf.shape(image), seed, specs)
+    return [_view(image, b, s, f, size) for (b, s), f in zip(boxes, flips)]
 
-  views, image_size = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  views = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   for view in views:
     view.set_shape([size, size, 3])
-  return views, image_size  # views not stacked: the batch is split by view again anyway
+  return views  # not stacked: the batch is split by view again anyway
 
 
 def eval_view(encoded_or_image: tf.Tensor, size: int, *, crop: bool) -> tf.Tensor:

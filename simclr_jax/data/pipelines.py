@@ -15,60 +15,48 @@ from simclr_jax.data.streams import (dataset_options, example_seeds, local_batch
                                      process_info, source_stream)
 
 
-def _augmented_batches(stream: tf.data.Dataset, source: Source, spec: aug.ViewSpec,
-                       num_views: int, batch: int, config,
+def _augmented_batches(stream: tf.data.Dataset, source: Source,
+                       specs: tuple[aug.ViewSpec, ...], batch: int, config,
                        deterministic: bool) -> tf.data.Dataset:
   """Batches {"views": V x [b, S, S, 3], "label": [b]} of a (data, label, seed) stream.
 
-  Fixed-size sources arrive decoded (uint8 [H, W, 3]) and are augmented as batches;
-  others arrive encoded and are decoded (crop windows only) per example.
+  View v is drawn from specs[v]. Fixed-size sources arrive decoded (uint8 [H, W, 3])
+  and are augmented as batches; others arrive encoded and are decoded (crop windows
+  only) per example.
   """
   par = parallel_calls(config)
-  size = spec.image_size
   if source.image_shape is not None:
-    h, w, _ = source.image_shape
-    if not spec.crop and (h < size or w < size):
-      raise ValueError(f"dataset {source.name!r} has {h}x{w} images, smaller than the "
-                       f"output size {size} px with crop augmentation disabled "
-                       "(config.augment.crop = False takes a central crop)")
     # No per-example map at all: each costs more than augmenting a CIFAR image.
     def per_batch_fixed(images, labels, seeds):
-      u = aug.view_uniforms(example_seeds(seeds), num_views, spec)
-      return {"views": tuple(aug.augment_fixed_batch(images, u, spec)), "label": labels}
+      views = aug.augment_fixed_views(images, example_seeds(seeds), specs)
+      return {"views": tuple(views), "label": labels}
 
     ds = stream.batch(batch, drop_remainder=True)
     ds = ds.map(per_batch_fixed, num_parallel_calls=par, deterministic=deterministic)
     return ds.with_options(dataset_options(config, deterministic))
 
   skip_bad = isinstance(source, FolderSource)  # a user's files: skip what won't decode
+  operators = any(s.operators for s in specs)
 
   def per_example(encoded, label, seed):
     seed = example_seeds(seed)
-    u = aug.view_uniforms(seed, num_views, spec, crop_attempts=False)
-    views, image_size = aug.decode_views(encoded, seed, u, spec)
-    if spec.crop:
-      return tuple(views), label, u
-    return tuple(views), label, u, tf.reduce_min(image_size) < size
+    u = aug.view_uniforms(seed, len(specs), specs[0], crop_attempts=False)
+    views = tuple(aug.decode_views(encoded, seed, u, specs))
+    # The seed travels on only for the operators' random numbers.
+    return (views, label, u, seed) if operators else (views, label, u)
 
-  def check(views, label, u, small):
-    tf.debugging.assert_equal(
-        small, False, message=f"dataset {source.name!r} has an image smaller than the "
-        f"output size {size} px with crop augmentation disabled (config.augment.crop = "
-        "False takes a central crop)")
-    return views, label, u
-
-  def per_batch(views, labels, u):
-    # One program per view (the same compiled one): no stacking or splitting copies.
-    return {"views": tuple(aug.finish_views(views[v], u[:, v], spec, scale=1.0 / 255.0)
-                           for v in range(num_views)), "label": labels}
+  def per_batch(views, labels, u, seeds=None):
+    # One program per view (the same compiled one when the specs are equal): no
+    # stacking or splitting copies.
+    out = [aug.finish_views(views[v], u[:, v], spec, scale=1.0 / 255.0)
+           for v, spec in enumerate(specs)]
+    if operators:
+      out = aug.apply_view_operators(out, seeds, specs)
+    return {"views": tuple(out), "label": labels}
 
   ds = stream.map(per_example, num_parallel_calls=par, deterministic=deterministic)
   if skip_bad:
     ds = ds.ignore_errors(log_warning=True)
-  if not spec.crop:
-    # After the skipping of undecodable files, which would swallow this error too; a
-    # stage of its own only when needed, as each costs 30-50 us of CPU per element.
-    ds = ds.map(check)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.map(per_batch, num_parallel_calls=par, deterministic=deterministic)
   return ds.with_options(dataset_options(config, deterministic))
@@ -82,6 +70,7 @@ def create_pretrain_dataset(config, *, data_dir: str | None, start_step: int = 0
   Yields {"image1", "image2": float32 [b, S, S, 3] in [0, 1], "label": int32 [b]},
   b = config.batch_size / process_count. With config.augment.blur and blur_on ==
   "data" the views are blurred here; with "device" the train step blurs them.
+  image2 follows config.augment with config.augment.view2's overrides.
   `start_step`: the number of batches already consumed (resume); with
   config.data.deterministic the stream continues exactly where it was.
   """
@@ -95,11 +84,11 @@ def pretrain_batches(source: Source, config, *, start_step: int = 0,
   """`create_pretrain_dataset` for a given source (config.train_split of it)."""
   process = process_info(process_index, process_count)
   batch = local_batch(config.batch_size, process, "batch_size")
-  spec = aug.ViewSpec.pretrain(config)
+  specs = aug.ViewSpec.pretrain_views(config)
   stream, deterministic = source_stream(
       source, config.train_split, config, process=process, local_batch=batch,
       global_batch=config.batch_size, start_step=start_step, prepare=source.prepare)
-  ds = _augmented_batches(stream, source, spec, 2, batch, config, deterministic)
+  ds = _augmented_batches(stream, source, specs, batch, config, deterministic)
   ds = ds.map(lambda ex: {"image1": ex["views"][0], "image2": ex["views"][1],
                           "label": ex["label"]})
   return ds.prefetch(int(config.data.prefetch))
@@ -154,8 +143,8 @@ def create_supervised_dataset(config, *, data_dir: str | None, split: str | None
       global_batch=config.batch_size, start_step=start_step, prepare=source.prepare,
       selected=selected)
   if augment:
-    spec = aug.ViewSpec.crop_flip(config)
-    ds = _augmented_batches(stream, source, spec, 1, batch, config, deterministic)
+    specs = (aug.ViewSpec.crop_flip(config),)
+    ds = _augmented_batches(stream, source, specs, batch, config, deterministic)
     ds = ds.map(lambda ex: {"image": ex["views"][0], "label": ex["label"]})
   else:
     size, crop = int(config.data.image_size), _eval_crop(config)
