@@ -78,8 +78,8 @@ def initialize_distributed() -> None:
 
 def log_setup(config, workdir: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  batch = {"pretrain": config.batch_size, "linear_eval": config.linear_eval.batch_size,
-           "finetune": config.finetune.batch_size}.get(config.mode, config.eval_batch_size)
+  stage = config if config.mode == "pretrain" else config[config.mode]  # its group
+  batch = stage.get("batch_size", config.eval_batch_size)  # knn, export: evaluation's
   logging.info("JAX %s: process %d of %d; %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())

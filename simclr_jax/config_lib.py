@@ -78,7 +78,7 @@ def _get(config, field: str):
   return config
 
 
-def validate_mode(config: ml_collections.ConfigDict) -> None:
+def _validate_mode(config: ml_collections.ConfigDict) -> None:
   """config.mode is a mode, and the config has the groups that mode reads."""
   _one_of(config, "mode", choices.MODES)
   missing = [g for g in MODE_GROUPS[config.mode] if g not in config]
@@ -91,7 +91,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
              process_count: int = 1, min_image_size: int = 1) -> None:
   """Raises ConfigError for the first invalid field of `config` among those its mode
   reads. `min_image_size`: the pretraining encoder's smallest input side."""
-  validate_mode(config)
+  _validate_mode(config)
   batches = lambda *fields: _batch_sizes(config, fields, num_devices, process_count)
   _validate_program(config)
   _validate_data(config)
