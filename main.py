@@ -58,12 +58,8 @@ def load_modes():
     from simclr_jax import train
   jobs = {"pretrain": train.pretrain_and_probe, "linear_eval": linear_eval.linear_eval,
           "finetune": finetune.finetune, "knn": knn_eval.knn_eval, "export": export.export}
-  # Mode checks that need no checkpoint (finetune's need the pretrained head's depth),
-  # and checks of (config, workdir): a resumed run's model, the export's target.
-  checks = {"linear_eval": lambda c, _: linear_eval.validate_linear_eval(c),
-            "knn": lambda c, _: knn_eval.validate_knn(c),
-            "pretrain": resume_check.check_pretrain_resume,
-            "export": export.target_dir}
+  # Checks of (config, workdir): a resumed run's model, the export's target.
+  checks = {"pretrain": resume_check.check_pretrain_resume, "export": export.target_dir}
   return jobs, checks
 
 
@@ -82,8 +78,8 @@ def initialize_distributed() -> None:
 
 def log_setup(config, workdir: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  batch = {"pretrain": config.batch_size, "linear_eval": config.linear_eval.batch_size,
-           "finetune": config.finetune.batch_size}.get(config.mode, config.eval_batch_size)
+  stage = config if config.mode == "pretrain" else config[config.mode]  # its group
+  batch = stage.get("batch_size", config.eval_batch_size)  # knn, export: evaluation's
   logging.info("JAX %s: process %d of %d; %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
@@ -102,13 +98,15 @@ def save_config(config, workdir: str) -> None:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
 
 
-def validate(config) -> None:
-  """The config's own checks (config_lib), before TensorFlow is imported."""
+def validate_for_devices(config) -> None:
+  """The config's checks that need the device count and the encoder (config_lib),
+  before TensorFlow is imported."""
   import jax  # pylint: disable=import-outside-toplevel
   from simclr_jax import models  # pylint: disable=import-outside-toplevel
+  min_size = (models.min_image_size(config.model.cifar_stem) if config.mode == "pretrain"
+              else 1)  # the evaluation modes' encoder comes from a checkpoint
   config_lib.validate(config, num_devices=jax.device_count(),
-                      process_count=jax.process_count(),
-                      min_image_size=models.min_image_size(config.model.cifar_stem))
+                      process_count=jax.process_count(), min_image_size=min_size)
 
 
 def print_plan(config, workdir: str) -> None:
@@ -132,11 +130,11 @@ def main(argv):
   try:
     config = FLAGS.config
     user_errors.check_workdir(FLAGS.workdir)
-    config_lib.validate_mode(config)
+    config_lib.validate(config)  # before JAX: every check but the device counts
     if not FLAGS.verbose:
       console.quiet_native_logs()
     initialize_distributed()
-    validate(config)
+    validate_for_devices(config)
     jobs, mode_checks = load_modes()
     if not FLAGS.verbose:
       console.quiet_libraries(logging.get_absl_handler())

@@ -1,6 +1,12 @@
 """Defaults shared by every config; each config file states only what differs.
 
-Values follow the official SimCLR code / paper (Chen et al., ICML 2020) unless noted.
+A config holds the groups its mode reads (simclr_jax/config_lib.py MODE_GROUPS):
+`get_config()` is the pretraining base (it also carries the `knn` and `export` groups:
+the kNN monitor, and `--config.mode=knn` / `export` on a pretraining config);
+`linear_eval_config()` and `finetune_config()` are the evaluation bases, with the data
+and program fields, the crop + flip view and their protocol group only (the network
+comes from the pretraining checkpoint). Values follow the official SimCLR code / paper
+(Chen et al., ICML 2020) unless noted.
 """
 
 import ml_collections
@@ -12,40 +18,18 @@ VIEW2_FIELDS = ("crop", "area_range", "aspect_ratio_range", "flip", "color_jitte
                 "blur", "blur_prob", "blur_sigma_range", "rotate_prob", "cutout_prob",
                 "cutout_size_range", "sobel_prob", "noise_prob", "noise_sigma_range")
 
+ConfigDict = ml_collections.ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.mode = "pretrain"  # pretrain | linear_eval | finetune | knn | export
-  c.seed = 0
 
-  # --- data -------------------------------------------------------------------------
-  c.dataset = "cifar10"  # tfds name, "digits" (offline, in-package) or "folder:/path"
-  c.data_dir = ""  # tfds data_dir; "" = tfds default (digits: <workdir>/tfds)
-  c.train_split = "train"
-  c.eval_split = "test"
+def get_config() -> ConfigDict:
+  """The pretraining base."""
+  c = _common("pretrain")
   c.batch_size = 512  # global, over all devices and processes
-  c.eval_batch_size = 512
-  c.num_epochs = 100
+  c.num_epochs = 100.0  # any float: simclr_jax/steps.py
   c.num_train_steps = -1  # wins over num_epochs when > 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.image_size = 32  # output side of a view, px
-  c.data.shuffle_buffer = 10_000
-  c.data.cache = False  # cache decoded examples in memory (small datasets)
-  c.data.deterministic = False  # reproducible order and augmentations given c.seed
-  c.data.prefetch = 4  # batches
-  c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
-  # Multi-process input: "split" = each process reads a disjoint shard of the split;
-  # "batch" = every process reads the same stream and keeps its rows of each global
-  # batch (wasteful; global batches then equal a 1-process run's exactly).
-  c.data.process_sharding = "split"
-
   # --- augmentation (paper Sec. 3 and Appendix A) -----------------------------------
-  c.augment = ml_collections.ConfigDict()
-  c.augment.crop = True
-  c.augment.area_range = (0.08, 1.0)
-  c.augment.aspect_ratio_range = (3 / 4, 4 / 3)
-  c.augment.flip = True
+  c.augment = crop_flip()
   c.augment.color_jitter_prob = 0.8
   c.augment.color_strength = 0.5  # s; 1.0 ImageNet, 0.5 CIFAR-10 (official)
   # Brightness: "simclrv2" (official default) multiplies by a factor in
@@ -113,13 +97,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = False
   c.optim.trust_coefficient = 0.001
 
-  # --- program ----------------------------------------------------------------------
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.init_from = ""  # workdir or checkpoint directory to start evaluation modes from
-
   # --- linear probes after pretraining (logistic regression on frozen h) -------------
   c.probe = ml_collections.ConfigDict()
   c.probe.final = False  # run them when pretraining completes
@@ -127,15 +104,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe.draws = 10  # seeded few-shot draws averaged
   c.probe.random_init_baseline = True  # same probes on a randomly initialised encoder
 
-  # --- evaluation modes: linear_eval | finetune | knn | export -------------------------
-  # (simclr_jax/evaluate.py, knn.py, export.py). They load c.init_from (a pretraining
-  # workdir, its checkpoints/ dir or one checkpoints/<step> dir; "" = --workdir) and take
-  # the model config from that checkpoint, so c.model is not read. Data fields (dataset,
-  # splits, data.*, eval_batch_size, augment.crop/area_range/flip) come from this config.
-  # Defaults: the official ImageNet protocols (Chen et al. 2020, Appendix B.5/B.6).
-  c.linear_eval = ml_collections.ConfigDict()
+  c.knn = knn()
+  c.knn_every_steps = 0  # kNN monitor during pretraining every N steps; 0 = off
+  c.export = export()
+  return c
+
+
+def linear_eval_config() -> ConfigDict:
+  """The `linear_eval` base: the official ImageNet protocol (Chen et al. 2020, Appendix
+  B.6). Frozen encoder, linear classifier on h, crop + flip only."""
+  c = _common("linear_eval")
+  c.augment = crop_flip()
+  c.linear_eval = ConfigDict()
   c.linear_eval.batch_size = 4096  # global; CIFAR-10: 512
-  c.linear_eval.num_epochs = 90  # CIFAR-10: 100
+  c.linear_eval.num_epochs = 90.0  # CIFAR-10: 100
   c.linear_eval.num_train_steps = -1  # wins over num_epochs when > 0
   # Fast path for sweeps: h of every train image extracted once (no augmentation), the
   # classifier trained on those; its metrics are named linear_eval_cached_*.
@@ -144,10 +126,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.linear_eval.from_projection_layer = 0
   c.linear_eval.zero_init_head = True  # official zero_init_logits_layer; False: N(0, 0.01^2)
   c.linear_eval.optim = _supervised_optim(base_lr=0.1, weight_decay=1e-6)  # CIFAR-10: wd 0
+  return c
 
-  c.finetune = ml_collections.ConfigDict()
+
+def finetune_config() -> ConfigDict:
+  """The `finetune` base: the official semi-supervised protocol (Appendix B.5): every
+  layer trained with a fresh linear head, crop + flip only."""
+  c = _common("finetune")
+  c.augment = crop_flip()
+  c.finetune = ConfigDict()
   c.finetune.batch_size = 4096
-  c.finetune.num_epochs = 30  # paper: 60 on 1% of the labels, 30 on 10%
+  c.finetune.num_epochs = 30.0  # paper: 60 on 1% of the labels, 30 on 10%
   c.finetune.num_train_steps = -1  # wins over num_epochs when > 0
   # Class-balanced, seeded (c.seed) fraction of train_split's labels; 1.0 = all. ImageNet
   # uses the tfds subsets instead (dataset imagenet2012_subset/1pct or /10pct).
@@ -160,25 +149,74 @@ def get_config() -> ml_collections.ConfigDict:
   # block groups 1..k stay frozen (inference-mode BN, no update).
   c.finetune.fine_tune_after_block = -1
   c.finetune.optim = _supervised_optim(base_lr=0.05, weight_decay=0.0)
-
-  c.knn = ml_collections.ConfigDict()
-  c.knn.k = 200  # neighbours that vote (instance-discrimination protocol, Wu et al. 2018)
-  c.knn.temperature = 0.1  # vote weight exp(cosine similarity / T)
-  c.knn.query_batch = 256  # queries scored per device call
-  c.knn_every_steps = 0  # kNN monitor during pretraining every N steps; 0 = off
-
-  c.export = ml_collections.ConfigDict()
-  c.export.dir = ""  # "" = <workdir>/export
-  c.export.image_size = -1  # input side of the exported functions; -1 = pretraining's
-  # Lowering targets of the StableHLO in the jax.export artifact and the SavedModel.
-  c.export.platforms = ("cpu", "cuda", "tpu")
   return c
 
 
-def _supervised_optim(*, base_lr: float, weight_decay: float) -> ml_collections.ConfigDict:
+def crop_flip() -> ConfigDict:
+  """The random resized crop and flip: every training view (pretraining, linear
+  evaluation, fine-tuning) has them."""
+  return ConfigDict(dict(
+      crop=True, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), flip=True))
+
+
+def knn() -> ConfigDict:
+  """Weighted kNN on L2-normalised h (instance-discrimination protocol, Wu et al. 2018)."""
+  return ConfigDict(dict(
+      k=200,  # neighbours that vote
+      temperature=0.1,  # vote weight exp(cosine similarity / T)
+      query_batch=256))  # queries scored per device call
+
+
+def export() -> ConfigDict:
+  return ConfigDict(dict(
+      dir="",  # "" = <workdir>/export
+      image_size=-1,  # input side of the exported functions; -1 = pretraining's
+      # Lowering targets of the StableHLO in the jax.export artifact and the SavedModel.
+      platforms=("cpu", "cuda", "tpu")))
+
+
+def _common(mode: str) -> ConfigDict:
+  """The data and program fields every mode reads."""
+  c = ConfigDict()
+  c.mode = mode  # pretrain | linear_eval | finetune | knn | export
+  c.seed = 0
+
+  # --- data -------------------------------------------------------------------------
+  c.dataset = "cifar10"  # tfds name, "digits" (offline, in-package) or "folder:/path"
+  c.data_dir = ""  # tfds data_dir; "" = tfds default (digits: <workdir>/tfds)
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.eval_batch_size = 512
+
+  c.data = ConfigDict()
+  c.data.image_size = 32  # output side of a view, px
+  c.data.shuffle_buffer = 10_000
+  c.data.cache = False  # cache decoded examples in memory (small datasets)
+  c.data.deterministic = False  # reproducible order and augmentations given c.seed
+  c.data.prefetch = 4  # batches
+  c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
+  # Multi-process input: "split" = each process reads a disjoint shard of the split;
+  # "batch" = every process reads the same stream and keeps its rows of each global
+  # batch (wasteful; global batches then equal a 1-process run's exactly).
+  c.data.process_sharding = "split"
+
+  # --- program ----------------------------------------------------------------------
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  # The pretraining checkpoint the evaluation modes (linear_eval | finetune | knn |
+  # export) start from: a pretraining workdir, its checkpoints/ dir or one
+  # checkpoints/<step> dir; "" = --workdir. They rebuild the network from the config
+  # saved in it.
+  c.init_from = ""
+  return c
+
+
+def _supervised_optim(*, base_lr: float, weight_decay: float) -> ConfigDict:
   """Official linear-eval / fine-tuning optimiser: Nesterov momentum 0.9, LR = base x
-  B/256, no warm-up, cosine decay (same fields as c.optim)."""
-  return ml_collections.ConfigDict(dict(
+  B/256, no warm-up, cosine decay (same fields as pretraining's c.optim)."""
+  return ConfigDict(dict(
       name="sgd", base_lr=base_lr, lr_scaling="linear", warmup_epochs=0.0,
       schedule="cosine", weight_decay=weight_decay, momentum=0.9, nesterov=True,
       trust_coefficient=0.001))

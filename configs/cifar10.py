@@ -13,28 +13,17 @@ code's default multiplicative brightness ("simclrv2"), no blur, 32 px, the code'
 from configs import base
 
 
-def get_config():
-  c = base.get_config()
-  c.dataset = "cifar10"
-  c.train_split, c.eval_split = "train", "test"
-  c.batch_size = 512
-  c.num_epochs = 1000
-  c.data.image_size = 32
+def set_data(c):
+  """CIFAR-10 (the base's dataset, splits and 32 px), cached in memory."""
   c.data.cache = True  # 50k 32x32 images: 150 MB decoded
   c.data.shuffle_buffer = 50_000
-  c.augment.color_strength = 0.5
-  c.augment.jitter_impl = "simclrv2"
-  c.augment.blur = False
-  c.model.depth = 18
-  c.model.cifar_stem = True
+  return c
+
+
+def get_config():
+  c = set_data(base.get_config())  # B = 512, LARS 1.0 linear, wd 1e-4, tau 0.5: the base's
+  c.num_epochs = 1000
   c.model.head_num_layers = 3  # the official num_proj_layers default
-  c.loss.temperature = 0.5
-  c.loss.official_scaling = True
-  c.optim.base_lr = 1.0
-  c.optim.lr_scaling = "linear"
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_epochs = 10
   c.log_every_steps = 50
-  c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2000
   return c

@@ -6,12 +6,12 @@ LR 0.1 x B/256 = 0.2 at B = 512, no warm-up, cosine decay, 100 epochs, no weight
 decay, random crop + flip; top-1/top-5 on the test split.
 """
 
+from configs import base
 from configs import cifar10
 
 
 def get_config():
-  c = cifar10.get_config()
-  c.mode = "linear_eval"
+  c = cifar10.set_data(base.linear_eval_config())
   c.linear_eval.batch_size = 512
   c.linear_eval.num_epochs = 100
   c.linear_eval.optim.weight_decay = 0.0

@@ -11,28 +11,25 @@ objective 2L.
 from configs import base
 
 
-def get_config():
-  c = base.get_config()
+def set_data(c):
+  """The digits data and views, shared by every digits config."""
   c.dataset = "digits"
-  c.train_split, c.eval_split = "train", "test"
-  c.batch_size = 128
   c.eval_batch_size = 256
-  c.num_epochs = 30
   c.data.image_size = 16  # the sources are 8x8: 16 px keeps every pixel, 4x cheaper than 32
   c.data.cache = True
   c.data.shuffle_buffer = 2048
   c.augment.flip = False  # digits are not mirror-symmetric
   c.augment.area_range = (0.3, 1.0)
-  c.augment.color_strength = 0.5
-  c.augment.blur = False
-  c.model.depth = 18
+  return c
+
+
+def get_config():
+  c = set_data(base.get_config())
+  c.batch_size = 128
+  c.num_epochs = 30
   c.model.width_multiplier = 0.25
-  c.model.cifar_stem = True
   c.loss.temperature = 0.2
   c.loss.official_scaling = False  # the paper's L, which these settings were tuned with
-  c.optim.base_lr = 1.0
-  c.optim.lr_scaling = "linear"
-  c.optim.weight_decay = 1e-4
   c.optim.warmup_epochs = 3
   c.log_every_steps = 10
   c.eval_every_steps = 100

@@ -5,14 +5,12 @@ no warm-up, no weight decay, crop + flip, global BN; configs/imagenet_finetune_1
 on 144 labelled digits: B = 32, 30 epochs as the paper's 10% setting (120 steps).
 """
 
+from configs import base
 from configs import digits
 
 
 def get_config():
-  c = digits.get_config()
-  c.mode = "finetune"
-  c.finetune.label_fraction = 0.1
-  c.finetune.batch_size = 32
-  c.finetune.num_epochs = 30
+  c = digits.set_data(base.finetune_config())
+  c.finetune.batch_size = 32  # label_fraction 0.1 and 30 epochs: the base's
   c.log_every_steps = 20
   return c

@@ -3,9 +3,9 @@
 The official protocol (frozen encoder, zero-initialised linear classifier, Nesterov
 SGD, crop + flip, cosine, no warm-up; configs/cifar10_linear_eval.py), sized for 1,438
 training images: B = 128, 60 epochs (660 steps), no weight decay. Digits are not
-mirror-symmetric, so the "flip" stays off (configs/digits.py). The other digits modes
-need no protocol changes and use configs/digits.py with --config.mode=knn / export /
-finetune (or configs/digits_finetune.py):
+mirror-symmetric, so the "flip" stays off (configs/digits.py). kNN and export need no
+protocol of their own and use configs/digits.py with --config.mode=knn / export;
+fine-tuning: configs/digits_finetune.py. Linear evaluation:
 
   python main.py --config=configs/digits_linear_eval.py --workdir=workdirs/demo_lin \
       --config.init_from=workdirs/demo
@@ -14,12 +14,12 @@ finetune (or configs/digits_finetune.py):
       --config.init_from=workdirs/demo --config.linear_eval.cached_features=True
 """
 
+from configs import base
 from configs import digits
 
 
 def get_config():
-  c = digits.get_config()
-  c.mode = "linear_eval"
+  c = digits.set_data(base.linear_eval_config())
   c.linear_eval.batch_size = 128
   c.linear_eval.num_epochs = 60
   c.linear_eval.optim.weight_decay = 0.0

@@ -7,15 +7,13 @@ crop + flip, global BN. Paper: ResNet-50 75.5% top-5 on the validation split. Th
 v2 recipe (LARS, from the first projection-head layer): configs/imagenet_v2_finetune_1pct.py.
 """
 
+from configs import base
 from configs import imagenet
 
 
 def get_config():
-  c = imagenet.get_config()
-  c.mode = "finetune"
+  c = imagenet.set_data(base.finetune_config())
   c.dataset = "imagenet2012_subset/1pct"  # train split = the 1% subset
-  c.train_split, c.eval_split = "train", "validation"
   c.finetune.label_fraction = 1.0  # the tfds subset already is the fraction
-  c.finetune.batch_size = 4096
   c.finetune.num_epochs = 60
   return c

@@ -11,13 +11,9 @@ checkpoint:
       --config.init_from=workdirs/imagenet
 """
 
+from configs import base
 from configs import imagenet
 
 
 def get_config():
-  c = imagenet.get_config()
-  c.mode = "linear_eval"
-  c.linear_eval.batch_size = 4096
-  c.linear_eval.num_epochs = 90
-  c.linear_eval.optim.weight_decay = 1e-6
-  return c
+  return imagenet.set_data(base.linear_eval_config())

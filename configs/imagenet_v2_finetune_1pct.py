@@ -12,22 +12,15 @@ weight decay, no warm-up, 60 epochs (751 steps), crop + flip, global BN. Release
 R50-1x: 57.9% top-1 with 1% of the labels (official README table).
 """
 
-from configs import imagenet_v2
+from configs import imagenet_finetune_1pct
 
 
 def get_config():
-  c = imagenet_v2.get_config()
-  c.mode = "finetune"
-  c.dataset = "imagenet2012_subset/1pct"  # train split = the 1% subset (12,811 images)
-  c.train_split, c.eval_split = "train", "validation"
+  c = imagenet_finetune_1pct.get_config()  # the 1% subset, 60 epochs
   c.eval_batch_size = 1024
   ft = c.finetune
-  ft.label_fraction = 1.0  # the tfds subset already is the fraction
   ft.batch_size = 1024
-  ft.num_epochs = 60
   ft.from_projection_layer = 1
   ft.zero_init_head = True
-  ft.fine_tune_after_block = -1
-  ft.optim.update(name="lars", base_lr=0.005, lr_scaling="sqrt", weight_decay=0.0,
-                  warmup_epochs=0.0, schedule="cosine", momentum=0.9, nesterov=False)
+  ft.optim.update(name="lars", base_lr=0.005, lr_scaling="sqrt", nesterov=False)
   return c

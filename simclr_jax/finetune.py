@@ -16,41 +16,21 @@ import numpy as np
 import optax
 from absl import logging
 
+from simclr_jax import config_lib
 from simclr_jax import eval_setup
 from simclr_jax import data
 from simclr_jax import metric_log
 from simclr_jax import parallel
+from simclr_jax import steps as steps_lib
 from simclr_jax import supervised
 from simclr_jax import supervised_optim
 from simclr_jax.models.heads import ProjectionHead
-from simclr_jax.models.resnet import FREEZE_THROUGH, ResNet
+from simclr_jax.models.resnet import ResNet
 from simclr_jax.models.simclr import parse_dtype
 from simclr_jax.parallel import AXIS
 from simclr_jax.supervised import Batch, SupervisedState
 
 ConfigDict = ml_collections.ConfigDict
-
-FINE_TUNE_AFTER_BLOCK = FREEZE_THROUGH
-
-
-def validate_finetune(config: ConfigDict, head_layers: int) -> None:
-  """`head_layers`: layers of the pretrained projection head (0 for head_mode "none")."""
-  ft = config.finetune
-  eval_setup.check_batch("finetune.batch_size", ft.batch_size)
-  eval_setup.check_batch("eval_batch_size", config.eval_batch_size)
-  eval_setup.check_run_length(ft, "finetune")
-  if not 0.0 < ft.label_fraction <= 1.0:
-    eval_setup.fail("finetune.label_fraction", ft.label_fraction,
-                    "expected a fraction in (0, 1]")
-  layer = ft.from_projection_layer
-  if isinstance(layer, bool) or not isinstance(layer, int):
-    eval_setup.fail("finetune.from_projection_layer", layer, "expected an integer (0 = h)")
-  eval_setup.check_projection_layer("finetune.from_projection_layer", layer, head_layers)
-  if ft.fine_tune_after_block not in FINE_TUNE_AFTER_BLOCK:
-    eval_setup.fail("finetune.fine_tune_after_block", ft.fine_tune_after_block,
-                    f"expected one of {list(FINE_TUNE_AFTER_BLOCK)} (-1 = every layer, k = "
-                    "the stem and block groups 1..k frozen)")
-
 
 class FinetuneNet(nn.Module):
   """encoder -> (first `head_layers` projection-head layers) -> linear classifier.
@@ -150,10 +130,12 @@ def finetune(config: ConfigDict, workdir: str) -> dict[str, float]:
   ft = config.finetune
   setup = eval_setup.make_setup(config, workdir)
   pre, mesh = setup.pretrained, setup.mesh
-  validate_finetune(config, eval_setup.head_layer_count(pre.model_config))
+  config_lib.check_projection_layer("finetune.from_projection_layer",
+                                    ft.from_projection_layer,
+                                    eval_setup.head_layer_count(pre.model_config))
   num_labels = data.label_fraction_size(config, data_dir=setup.data_dir,
                                                   label_fraction=ft.label_fraction)
-  steps_per_epoch, total_steps = eval_setup.plan_steps(ft, num_labels, "finetune")
+  steps_per_epoch, total_steps = steps_lib.run_length(ft, num_labels, prefix="finetune.")
   tx, schedule = supervised_optim.create_optimizer(
       ft.optim, batch_size=ft.batch_size, num_examples=num_labels, total_steps=total_steps,
       fine_tune_after_block=ft.fine_tune_after_block)

@@ -17,12 +17,14 @@ import numpy as np
 import optax
 from absl import logging
 
+from simclr_jax import config_lib
 from simclr_jax import eval_setup
 from simclr_jax import data
 from simclr_jax import knn as knn_lib
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import parallel
+from simclr_jax import steps as steps_lib
 from simclr_jax import supervised
 from simclr_jax import supervised_optim
 from simclr_jax.parallel import AXIS
@@ -31,20 +33,6 @@ from simclr_jax.supervised import Batch, SupervisedState
 ConfigDict = ml_collections.ConfigDict
 
 CACHED_PREFIX = "linear_eval_cached_"
-
-
-def validate_linear_eval(config: ConfigDict) -> None:
-  eval_setup.check_batch("linear_eval.batch_size", config.linear_eval.batch_size)
-  eval_setup.check_batch("eval_batch_size", config.eval_batch_size)
-  eval_setup.check_run_length(config.linear_eval, "linear_eval")
-  layer = config.linear_eval.from_projection_layer
-  if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-    eval_setup.fail("linear_eval.from_projection_layer", layer,
-                    "expected an integer >= 0 (0 = h)")
-  if layer and config.linear_eval.cached_features:
-    eval_setup.fail("linear_eval.from_projection_layer", layer,
-                    "the cached-features fast path reads h only: expected 0 with "
-                    "linear_eval.cached_features=True")
 
 
 def linear_classifier(num_classes: int, zero_init: bool = True) -> nn.Dense:
@@ -95,18 +83,17 @@ def init_classifier_state(classifier: nn.Module, feature_dim: int,
 
 def linear_eval(config: ConfigDict, workdir: str) -> dict[str, float]:
   """The `linear_eval` mode; returns (and logs) the final top-1/top-5 on eval_split."""
-  validate_linear_eval(config)
   setup = eval_setup.make_setup(config, workdir)
   if config.linear_eval.cached_features:
     return _linear_eval_cached(setup)
   le, mesh, pre = config.linear_eval, setup.mesh, setup.pretrained
-  steps_per_epoch, total_steps = eval_setup.plan_steps(le, setup.info.num_train_examples,
-                                                       "linear_eval")
+  steps_per_epoch, total_steps = steps_lib.run_length(le, setup.info.num_train_examples,
+                                                      prefix="linear_eval.")
   tx, schedule = supervised_optim.create_optimizer(
       le.optim, batch_size=le.batch_size, num_examples=setup.info.num_train_examples,
       total_steps=total_steps, whole_tree_is_classifier=True)
   model = models.create_model(pre.model_config)
-  eval_setup.check_projection_layer("linear_eval.from_projection_layer",
+  config_lib.check_projection_layer("linear_eval.from_projection_layer",
                                     le.from_projection_layer,
                                     eval_setup.head_layer_count(pre.model_config))
   featurize = encoder_featurize(model, le.from_projection_layer)
@@ -174,7 +161,7 @@ def _linear_eval_cached(setup: eval_setup.Setup) -> dict[str, float]:
       mesh)
   logging.info("Cached %d train / %d eval features in %.1f s", len(train_x), len(test_x),
                time.time() - t0)
-  steps_per_epoch, total_steps = eval_setup.plan_steps(le, len(train_x), "linear_eval")
+  steps_per_epoch, total_steps = steps_lib.run_length(le, len(train_x), prefix="linear_eval.")
   tx, schedule = supervised_optim.create_optimizer(
       le.optim, batch_size=le.batch_size, num_examples=len(train_x),
       total_steps=total_steps, whole_tree_is_classifier=True)

@@ -14,10 +14,8 @@ import ml_collections
 import optax
 
 from simclr_jax import steps as steps_lib
+from simclr_jax.choices import LR_SCALINGS, OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
-LR_SCALINGS = ("linear", "sqrt", "none")
-SCHEDULES = ("cosine", "constant")
 # The online linear probe: its weight decay is an explicit L2 term in the loss (as the
 # official code's `head_supervised`), since LARS' own decay is masked per leaf.
 CLASSIFIER_MODULE = "classifier"
@@ -62,7 +60,7 @@ def warmup_steps(warmup_epochs: float, num_examples: int, batch_size: int,
                  total_steps: int) -> int:
   """Warm-up length in steps: the official round(W x N // B), at most total_steps."""
   _check_non_negative("warmup_epochs", warmup_epochs)
-  steps = steps_lib.warmup_steps(warmup_epochs, num_examples, batch_size)
+  steps = steps_lib.epochs_to_steps(warmup_epochs, num_examples, batch_size)
   if steps > total_steps:
     # Short (debug) runs: the whole run is warm-up rather than an error.
     logging.warning("Warm-up of %d steps is longer than the run (%d steps); truncated.",

@@ -55,20 +55,11 @@ class Run:
   plan: small_data.Plan  # the evaluations the dataset allows
 
 
-def plan_steps(config, num_train_examples: int) -> tuple[int, int]:
-  """(steps_per_epoch, total_steps) as steps.plan counts them."""
-  if num_train_examples < config.batch_size:
-    raise ValueError(f"config.batch_size = {config.batch_size} exceeds the "
-                     f"{num_train_examples} examples of split {config.train_split!r}")
-  return steps_lib.plan(num_train_examples, config.batch_size, config.num_epochs,
-                        config.num_train_steps)
-
-
 def build_run(config, workdir: str) -> Run:
   data_dir = data.default_data_dir(config, workdir)
   info = data.dataset_info(config, data_dir=data_dir)
   plan = small_data.plan(config, data.get_source(config, data_dir))
-  steps_per_epoch, total_steps = plan_steps(config, info.num_train_examples)
+  steps_per_epoch, total_steps = steps_lib.run_length(config, info.num_train_examples)
   model = models.create_model(
       config.model, num_classes=info.num_classes if config.model.online_probe else 0,
       axis_name=AXIS if config.model.global_bn else None,
@@ -236,7 +227,7 @@ def finished(config, workdir: str) -> str | None:
   """What a re-run of a finished run would redo: nothing; says so (else None)."""
   info = data.dataset_info(
       config, data_dir=data.default_data_dir(config, workdir))
-  _, total = plan_steps(config, info.num_train_examples)
+  _, total = steps_lib.run_length(config, info.num_train_examples)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
     latest = ckpt.latest_step()

@@ -10,10 +10,12 @@ from simclr_jax import metric_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# TINY's data fields: those an evaluation config (configs/base.py) has too.
+TINY_DATA = ("--config.data.image_size=16", "--config.eval_batch_size=64",
+             "--config.data.deterministic=True")
 # A ResNet-18 at 1/8 width on 16 px digits: a few steps take seconds on 2 CPU cores.
-TINY = ("--config.model.width_multiplier=0.125", "--config.data.image_size=16",
-        "--config.batch_size=32", "--config.eval_batch_size=64",
-        "--config.data.deterministic=True", "--config.probe.final=False")
+TINY = ("--config.model.width_multiplier=0.125", *TINY_DATA, "--config.batch_size=32",
+        "--config.probe.final=False")
 
 
 def main_command(config: str, workdir: str, *overrides: str) -> list[str]:

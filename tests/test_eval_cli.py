@@ -42,7 +42,7 @@ def pretrained(tmp_path_factory):
 
 def eval_run(config, pretrained, workdir, *overrides):
   """main.py on the pretrained workdir; reuses its digits build (config.data_dir)."""
-  cli.run_main(config, str(workdir), *cli.TINY, f"--config.init_from={pretrained}",
+  cli.run_main(config, str(workdir), *cli.TINY_DATA, f"--config.init_from={pretrained}",
                f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
                "--config.log_every_steps=1", *overrides)
   return str(workdir)
@@ -97,7 +97,7 @@ def test_finetune_sigterm_then_resume_equals_uninterrupted_run(pretrained, tmp_p
          "--config.checkpoint_every_steps=1000")
   straight = eval_run("configs/digits_finetune.py", pretrained, tmp_path / "straight", *run)
   workdir = str(tmp_path / "stopped")
-  proc = cli.start_main("configs/digits_finetune.py", workdir, *cli.TINY,
+  proc = cli.start_main("configs/digits_finetune.py", workdir, *cli.TINY_DATA,
                         f"--config.init_from={pretrained}",
                         f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
                         "--config.log_every_steps=1", *run)
@@ -156,7 +156,7 @@ def test_readme_finetune_and_knn_examples(pretrained, tmp_path):
   protocol), fine-tuning trains its 3 steps."""
   paths = {"workdirs/demo_finetune": str(tmp_path / "finetune"),
            "workdirs/demo_knn": str(tmp_path / "knn"), "workdirs/demo": pretrained}
-  tiny = (*cli.TINY, f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
+  tiny = (*cli.TINY_DATA, f"--config.data_dir={os.path.join(pretrained, 'tfds')}",
           "--config.log_every_steps=1")
   readme.run_shell_block("knn", paths, tiny)
   result, monitor = final(paths["workdirs/demo_knn"], "knn_top1"), final(pretrained, "knn_top1")
@@ -188,7 +188,7 @@ def test_export_into_the_pretraining_workdir_is_refused(pretrained, tmp_path):
 
 
 def test_missing_checkpoint_fails_clearly(tmp_path):
-  proc = cli.run_main("configs/digits_linear_eval.py", str(tmp_path / "run"), *cli.TINY,
+  proc = cli.run_main("configs/digits_linear_eval.py", str(tmp_path / "run"), *cli.TINY_DATA,
                       f"--config.init_from={tmp_path / 'nothing'}", check=False, timeout=300)
   assert proc.returncode != 0
   assert "does not exist" in proc.stderr and "nothing" in proc.stderr, proc.stderr[-2000:]

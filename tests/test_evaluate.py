@@ -10,14 +10,15 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from configs import base
 from simclr_jax import config_lib
 from simclr_jax import eval_setup
 from simclr_jax import finetune
-from simclr_jax import knn_eval
 from simclr_jax import linear_eval
 from simclr_jax import models
 from simclr_jax import parallel
 from simclr_jax import pretrained as pretrained_lib
+from simclr_jax import steps
 from simclr_jax import supervised
 from simclr_jax import supervised_optim
 from simclr_jax.models.heads import ProjectionHead
@@ -174,14 +175,14 @@ def numpy_linear_eval(x, y, num_classes, steps, lr_fn, momentum, weight_decay):
 
 
 def test_linear_step_on_features_matches_numpy():
-  config = pretrained_fixture.tiny_config()
-  config.linear_eval.optim.weight_decay = 0.05
+  optim = base.linear_eval_config().linear_eval.optim
+  optim.weight_decay = 0.05
   rng = np.random.default_rng(0)
   x = rng.normal(size=(16, 6)).astype(np.float32)
   y = rng.integers(0, 4, 16).astype(np.int32)
   mesh = parallel.make_mesh()
   tx, schedule = supervised_optim.create_optimizer(
-      config.linear_eval.optim, batch_size=16, num_examples=16, total_steps=5,
+      optim, batch_size=16, num_examples=16, total_steps=5,
       whole_tree_is_classifier=True)
   classifier = linear_eval.linear_classifier(4)
   state = parallel.replicate(linear_eval.init_classifier_state(classifier, 6, tx), mesh)
@@ -266,45 +267,51 @@ def test_cached_batches_are_seeded_epochs():
   assert not np.array_equal(next(other)["label"], epoch1[0]["label"])
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("finetune.label_fraction", 0.0, "config.finetune.label_fraction = 0.0"),
-    ("finetune.label_fraction", 1.5, "config.finetune.label_fraction = 1.5"),
-    ("finetune.from_projection_layer", 4, r"from_projection_layer = 4 .*\[0, 3\]"),
-    ("finetune.batch_size", 0, "config.finetune.batch_size = 0"),
-    ("finetune.num_epochs", 0, "config.finetune.num_epochs = 0"),
+@pytest.mark.parametrize("mode,field,value,match", [
+    ("finetune", "finetune.label_fraction", 0.0, "config.finetune.label_fraction = 0.0"),
+    ("finetune", "finetune.label_fraction", 1.5, "config.finetune.label_fraction = 1.5"),
+    ("finetune", "finetune.from_projection_layer", -1,
+     r"from_projection_layer = -1 .*integer >= 0"),
+    ("finetune", "finetune.batch_size", 0, "config.finetune.batch_size = 0"),
+    ("finetune", "finetune.num_epochs", 0, "config.finetune.num_epochs = 0"),
+    ("finetune", "finetune.optim.name", "adam", "config.finetune.optim.name = 'adam'"),
+    ("linear_eval", "linear_eval.batch_size", -4, "config.linear_eval.batch_size = -4"),
+    ("linear_eval", "linear_eval.num_epochs", -1, "config.linear_eval.num_epochs = -1"),
+    ("linear_eval", "augment.area_range", (0.5, 0.2), "config.augment.area_range = "),
+    ("knn", "knn.k", 0, "config.knn.k = 0"),
+    ("knn", "knn.temperature", 0.0, "config.knn.temperature = 0.0"),
 ])
-def test_finetune_config_errors(field, value, match):
-  config = pretrained_fixture.tiny_config()
-  group, name = field.split(".")
-  config[group][name] = value
+def test_evaluation_config_errors(mode, field, value, match):
+  config = {"finetune": base.finetune_config, "linear_eval": base.linear_eval_config,
+            "knn": base.get_config}[mode]()
+  config.mode = mode
+  config_lib.validate(config)  # the base is valid
+  *groups, name = field.split(".")
+  target = config
+  for group in groups:
+    target = target[group]
+  target[name] = value
   with pytest.raises(config_lib.ConfigError, match=match):
-    finetune.validate_finetune(config, head_layers=3)
+    config_lib.validate(config)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("linear_eval.batch_size", -4, "config.linear_eval.batch_size = -4"),
-    ("linear_eval.num_epochs", -1, "config.linear_eval.num_epochs = -1"),
-    ("knn.k", 0, "config.knn.k = 0"),
-    ("knn.temperature", 0.0, "config.knn.temperature = 0.0"),
-])
-def test_linear_and_knn_config_errors(field, value, match):
-  config = pretrained_fixture.tiny_config()
-  group, name = field.split(".")
-  config[group][name] = value
-  validate = knn_eval.validate_knn if group == "knn" else linear_eval.validate_linear_eval
-  with pytest.raises(config_lib.ConfigError, match=match):
-    validate(config)
+def test_projection_layer_beyond_the_pretrained_head_is_refused():
+  config_lib.check_projection_layer("finetune.from_projection_layer", 3, head_layers=3)
+  with pytest.raises(config_lib.ConfigError, match=r"from_projection_layer = 4 .*\[0, 3\]"):
+    config_lib.check_projection_layer("finetune.from_projection_layer", 4, head_layers=3)
 
 
-def test_plan_steps():
-  group = pretrained_fixture.tiny_config().linear_eval
+def test_run_length():
+  group = base.linear_eval_config().linear_eval
   group.batch_size, group.num_epochs = 32, 2
   # The official count: 100 x 2 // 32 + 1 = 7 steps (N // B = 3 per logged epoch).
-  assert eval_setup.plan_steps(group, 100, "linear_eval") == (3, 7)
+  assert steps.run_length(group, 100) == (3, 7)
+  group.num_epochs = 0.5  # a fraction of an epoch: 100 x 0.5 // 32 + 1
+  assert steps.run_length(group, 100) == (3, 2)
   group.num_train_steps = 5
-  assert eval_setup.plan_steps(group, 100, "linear_eval") == (3, 5)
+  assert steps.run_length(group, 100) == (3, 5)
   with pytest.raises(config_lib.ConfigError, match="linear_eval.batch_size = 32"):
-    eval_setup.plan_steps(group, 20, "linear_eval")
+    steps.run_length(group, 20, prefix="linear_eval.")
 
 
 def test_head_layer_count():

@@ -9,6 +9,7 @@ independent NumPy / tf.image reference or the official formula's numbers.
 import functools
 import importlib
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
@@ -18,9 +19,9 @@ import jax.numpy as jnp
 import optax
 import tensorflow as tf
 
+from configs import base
 from simclr_jax import augment as A
 from simclr_jax import config_lib
-from simclr_jax import eval_setup
 from simclr_jax import finetune
 from simclr_jax import linear_eval
 from simclr_jax import losses
@@ -29,13 +30,13 @@ from simclr_jax import parallel
 from simclr_jax import steps
 from simclr_jax import supervised
 from simclr_jax import supervised_optim
-from simclr_jax import train
 from simclr_jax import train_step as ts
 from tests import pretrained_fixture
 
-PAPER_CONFIGS = ("imagenet", "imagenet_v2", "cifar10", "imagenet_v2_finetune_1pct",
-                 "imagenet_v2_finetune_10pct", "imagenet_linear_eval", "cifar10_linear_eval",
-                 "imagenet_finetune_1pct", "imagenet_finetune_10pct")
+PRETRAINING_CONFIGS = ("imagenet", "imagenet_v2", "cifar10")
+EVALUATION_CONFIGS = ("imagenet_v2_finetune_1pct", "imagenet_v2_finetune_10pct",
+                      "imagenet_linear_eval", "cifar10_linear_eval", "imagenet_finetune_1pct",
+                      "imagenet_finetune_10pct")
 
 
 def _config(name):
@@ -185,7 +186,7 @@ def test_pretraining_configs(name, head, jitter, wd):
   config_lib.validate(c)
 
 
-@pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.mark.parametrize("name", PRETRAINING_CONFIGS)
 def test_paper_configs_use_the_official_objective(name):
   assert _config(name).loss.official_scaling is True
 
@@ -211,13 +212,15 @@ def test_v2_finetune_recipe():
     (12_811, 4096, 60, 0, 188, 0),  # 1% subset at B = 4096: 188, not 180 steps
 ])
 def test_official_step_counts(n, batch, epochs, warmup_epochs, total, warmup):
-  assert steps.plan(n, batch, epochs, num_train_steps=-1) == (n // batch, total)
-  assert steps.warmup_steps(warmup_epochs, n, batch) == warmup
+  stage = ml_collections.ConfigDict(dict(batch_size=batch, num_epochs=float(epochs),
+                                         num_train_steps=-1))
+  assert steps.run_length(stage, n) == (n // batch, total)
+  assert steps.epochs_to_steps(warmup_epochs, n, batch) == warmup
 
 
 def test_imagenet_config_schedule_follows_the_official_counts():
   config = _config("imagenet")
-  steps_per_epoch, total = train.plan_steps(config, 1_281_167)
+  steps_per_epoch, total = steps.run_length(config, 1_281_167)
   assert (steps_per_epoch, total) == (312, 31_279)
   _, schedule = ts.create_optimizer(config, 1_281_167, total)
   peak = 0.075 * 4096 ** 0.5
@@ -225,7 +228,7 @@ def test_imagenet_config_schedule_follows_the_official_counts():
   assert float(schedule(3126)) < peak * (1 - 1e-4)
   assert float(schedule(total)) == 0.0 and float(schedule(total - 1000)) > 0.0
   ft = _config("imagenet_v2_finetune_1pct").finetune
-  assert eval_setup.plan_steps(ft, 12_811, "finetune") == (12, 751)
+  assert steps.run_length(ft, 12_811) == (12, 751)
 
 
 # --- 4. the evaluation optimiser --------------------------------------------------------
@@ -309,7 +312,7 @@ def test_partial_freezing_leaves_exactly_the_frozen_blocks_unchanged():
   net = _finetune_net(pre, fine_tune_after_block=k, axis_name=parallel.AXIS)
   variables = finetune.finetune_variables(
       net, _random_variables(models.create_model(pre.model), seed=1), 16, seed=0)
-  optim_config = pre.finetune.optim
+  optim_config = base.finetune_config().finetune.optim
   # LARS with weight decay: a frozen kernel would move by its decay alone.
   optim_config.update(name="lars", weight_decay=0.1, base_lr=0.5)
   tx, schedule = supervised_optim.create_optimizer(
@@ -340,10 +343,10 @@ def test_partial_freezing_leaves_exactly_the_frozen_blocks_unchanged():
 
 
 def test_fine_tune_after_block_is_checked():
-  config = pretrained_fixture.tiny_config()
+  config = _config("imagenet_finetune_1pct")
   config.finetune.fine_tune_after_block = 5
   with pytest.raises(config_lib.ConfigError, match=r"finetune.fine_tune_after_block = 5"):
-    finetune.validate_finetune(config, head_layers=2)
+    config_lib.validate(config)
 
 
 # --- projection-layer selectors and classifier init ----------------------------------

@@ -52,6 +52,21 @@ def test_mistake_before_tensorflow_is_one_line(tmp_path, args, expected):
   assert_one_line(run(workdir, *args), str(workdir), expected)
 
 
+@pytest.mark.parametrize("config,args,expected", [
+    ("configs/digits.py", ["--config.mode=linear_eval"],
+     "config.mode = 'linear_eval' is not allowed: this config has no 'linear_eval' group; "
+     "expected a linear_eval config, e.g. configs/digits_linear_eval.py"),
+    ("configs/digits_linear_eval.py", ["--config.linear_eval.optim.name=adam"],
+     "config.linear_eval.optim.name = 'adam' is not allowed: expected one of ['lars', 'sgd', "
+     "'adamw']"),
+    ("configs/digits_finetune.py", ["--config.finetune.label_fraction=0.0"],
+     "config.finetune.label_fraction = 0.0 is not allowed: expected a fraction in (0, 1]"),
+])
+def test_evaluation_config_mistake_is_one_line(tmp_path, config, args, expected):
+  workdir = tmp_path / "run"
+  assert_one_line(run(workdir, *args, config=config), str(workdir), expected)
+
+
 def test_workdir_that_is_a_file(tmp_path):
   path = tmp_path / "a_file"
   path.write_text("")

@@ -11,6 +11,7 @@ import dataclasses
 import tensorflow as tf
 
 from simclr_jax import philox
+from simclr_jax.choices import JITTER_IMPLS
 
 
 # The per-view vector of uniforms: these, then 4 x max_attempts for the crop sampler of
@@ -20,8 +21,8 @@ _FLIP, _COLOR, _PERM, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = (
 NUM_EXTRA = 13
 # Brightness of the official colour jitter (data_util.random_brightness(impl=...)):
 # "simclrv1" adds a delta uniform in [-0.8 s, 0.8 s] (tf.image.random_brightness, the v1
-# paper's appendix); "simclrv2" multiplies by a factor in [max(0, 1 - 0.8 s), 1 + 0.8 s].
-JITTER_IMPLS = ("simclrv1", "simclrv2")
+# paper's appendix); "simclrv2" multiplies by a factor in [max(0, 1 - 0.8 s), 1 + 0.8 s]:
+# choices.JITTER_IMPLS.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +101,13 @@ class ViewSpec:
 
   @classmethod
   def crop_flip(cls, config) -> "ViewSpec":
-    """Linear-eval / fine-tune training view: random resized crop and flip only."""
-    return dataclasses.replace(cls.pretrain(config), color_jitter_prob=0.0,
-                               grayscale_prob=0.0, blur=False, rotate_prob=0.0,
-                               cutout_prob=0.0, sobel_prob=0.0, noise_prob=0.0)
+    """Linear-eval / fine-tune training view: random resized crop and flip only (reads
+    augment.crop, area_range, aspect_ratio_range and flip, all an evaluation config has)."""
+    a = config.augment
+    return cls(image_size=int(config.data.image_size), crop=bool(a.crop),
+               area_range=tuple(float(v) for v in a.area_range),
+               aspect_ratio_range=tuple(float(v) for v in a.aspect_ratio_range),
+               flip=bool(a.flip), color_jitter_prob=0.0, grayscale_prob=0.0)
 
 
 def blur_radius(image_size: int, kernel_fraction: float) -> int:

@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from simclr_jax.choices import PROCESS_SHARDINGS
 from simclr_jax.data.sources import Source, shard_bounds
 
 
 _FOREVER = 2 ** 62  # epochs of an endless stream
-_PROCESS_SHARDINGS = ("split", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +141,9 @@ def parallel_calls(config) -> int:
 
 def _sharding(config) -> str:
   mode = config.data.get("process_sharding", "split")
-  if mode not in _PROCESS_SHARDINGS:
+  if mode not in PROCESS_SHARDINGS:
     raise ValueError(f"config.data.process_sharding = {mode!r} is not allowed: expected "
-                     f"one of {list(_PROCESS_SHARDINGS)}")
+                     f"one of {list(PROCESS_SHARDINGS)}")
   return mode
 
 

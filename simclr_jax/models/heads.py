@@ -5,12 +5,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from simclr_jax.choices import HEAD_MODES
 from simclr_jax.models.resnet import check_bn_args
 
 Array = Any
 Dtype = Any
-
-HEAD_MODES = ("none", "linear", "nonlinear")
 
 # The official LinearLayer initialises dense kernels with N(0, 0.01^2).
 dense_kernel_init = nn.initializers.normal(stddev=0.01)

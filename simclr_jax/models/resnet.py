@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.choices import DEPTHS, FREEZE_THROUGH
 from simclr_jax.models.layers import NormMixin, conv, relu
 from simclr_jax.models.selective_kernel import SKConv, SqueezeExcite, avg_pool_2x2
 
@@ -36,13 +37,11 @@ _ARCHS = {
     152: ("bottleneck", (3, 8, 36, 3)),
     200: ("bottleneck", (3, 24, 36, 3)),
 }
-SUPPORTED_DEPTHS = tuple(sorted(_ARCHS))
+SUPPORTED_DEPTHS = DEPTHS  # the keys of _ARCHS
 _STEM_WIDTH = 64
 _STAGE_WIDTHS = (64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2)
 _BOTTLENECK_EXPANSION = 4
-
-FREEZE_THROUGH = (-1, 0, 1, 2, 3, 4)  # ResNet.freeze_through: none, stem, stem + groups
 
 
 def is_frozen(param_name: str, freeze_through: int) -> bool:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from simclr_jax.choices import DTYPES
 from simclr_jax.models.heads import ProjectionHead, check_head_args, dense_kernel_init
 from simclr_jax.models.resnet import (
     ResNet, check_bn_args, check_depth, check_width_multiplier)
@@ -14,7 +15,7 @@ from simclr_jax.models.resnet import (
 Array = Any
 Dtype = Any
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = dict(zip(DTYPES, (jnp.float32, jnp.bfloat16)))
 
 
 class SimCLRModel(nn.Module):

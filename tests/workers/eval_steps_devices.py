@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from configs import base
 from simclr_jax import finetune
 
 from simclr_jax import linear_eval
@@ -34,7 +35,7 @@ def data():
 
 
 def optimizer(wd):
-  cfg = pretrained_fixture.tiny_config().linear_eval.optim
+  cfg = base.linear_eval_config().linear_eval.optim
   cfg.weight_decay = wd
   return supervised_optim.create_optimizer(cfg, batch_size=BATCH, num_examples=2 * BATCH,
                                            total_steps=6)
