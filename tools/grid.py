@@ -122,8 +122,6 @@ def safe_name(text: str) -> str:
 
 def grid_points(axes: Sequence[Axis]) -> list[Point]:
   """The product of the axes, the first the outermost; names from the varied values."""
-  if len({a.field for a in axes}) != len(axes):
-    raise ValueError(f"--grid: a field is given twice ({', '.join(a.field for a in axes)})")
   leaves = [a.field.rsplit(".", 1)[-1] for a in axes]
   labels = leaves if len(set(leaves)) == len(leaves) else [a.field for a in axes]
   points = []

@@ -67,6 +67,9 @@ def choose_study(study: str | None, grid_texts, batch_sizes: str | None,
         raise ValueError(f"--{flag} sets an axis of --study=batch_epochs; with --grid or "
                          f"another study use --grid '{field}=...'")
       axes.append(grid.parse_axis(f"{field}={text}"))
+  fields = [a.field for a in axes]
+  if len(set(fields)) != len(fields):
+    raise ValueError(f"--grid: a field is given twice ({', '.join(fields)})")
   chosen = studies.grid_study(axes) if name == "grid" else studies.STUDIES[name]
   return chosen, axes, studies.parse_ops(ops) if ops is not None else []
 
