@@ -27,12 +27,13 @@ OPERATORS = {
     "rotate": {"augment.rotate_prob": "1.0"},
 }
 # Figure 5's protocol: both views start as the identity (the whole image resized, no
-# flip, colour, blur, ...); the studied operators then go to view 1 only.
+# flip, colour, blur, ...); the studied operators then go to view 1 only. A blur on one
+# view only runs in tf.data (the train step's blur treats both views alike).
 _OFF = {"crop": "False", "flip": "False", "color_jitter_prob": "0", "grayscale_prob": "0",
         "blur_prob": "0", "cutout_prob": "0", "rotate_prob": "0", "sobel_prob": "0",
         "noise_prob": "0"}
 IDENTITY = {**{f"augment.{k}": v for k, v in _OFF.items()}, "augment.blur": "False",
-            **{f"augment.view2.{k}": v for k, v in _OFF.items()}}
+            "augment.blur_on": "data", **{f"augment.view2.{k}": v for k, v in _OFF.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
