@@ -147,7 +147,7 @@ def test_two_axes_make_their_product_first_axis_outermost(tmp_path):
   points, fields = studies.runs(studies.grid_study(axes), axes)
   specs = grid.plan(sweep_config(), "c.py", {"model.width_multiplier": 0.125}, points,
                     str(tmp_path), fields)
-  assert [s.values for s in specs] == [
+  assert [s.columns for s in specs] == [
       {"loss.hidden_norm": True, "augment.area_range": (0.3, 1.0)},
       {"loss.hidden_norm": True, "augment.area_range": (0.5, 1.0)},
       {"loss.hidden_norm": False, "augment.area_range": (0.3, 1.0)},
@@ -159,7 +159,6 @@ def test_two_axes_make_their_product_first_axis_outermost(tmp_path):
   assert specs[1].args[3:] == ("--config.loss.hidden_norm=True",
                                "--config.augment.area_range=(0.5,1.0)",
                                "--config.model.width_multiplier=0.125")
-  assert specs[0].columns == specs[0].values
 
 
 def test_same_leaf_names_use_the_whole_path():
@@ -246,7 +245,7 @@ def test_temperature_and_colour_studies_default_to_the_papers_grids(tmp_path):
 
 def test_plan_runs_each_grid_point_in_its_own_workdir(tmp_path):
   specs = make_plan(tmp_path)
-  assert [(s.values["batch_size"], s.values["num_epochs"]) for s in specs] == [
+  assert [(s.columns["batch_size"], s.columns["num_epochs"]) for s in specs] == [
       (32, 1.0), (256, 1.0), (32, 2.5), (256, 2.5)]
   assert [s.name for s in specs] == ["b32_e1", "b256_e1", "b32_e2.5", "b256_e2.5"]
   assert all(os.path.dirname(s.workdir) == str(tmp_path) for s in specs)
@@ -268,7 +267,7 @@ def test_peak_lr_follows_the_scaling_rule_from_the_config_base_lr(tmp_path, scal
                                                                     expected):
   specs = make_plan(tmp_path, batch_sizes=("32", "256", "1024"), epochs=("1",),
                     **{"optim.lr_scaling": scaling})
-  assert {s.values["batch_size"]: s.peak_lr for s in specs} == pytest.approx(expected)
+  assert {s.columns["batch_size"]: s.peak_lr for s in specs} == pytest.approx(expected)
   # The LR itself is not passed: each run scales config.optim.base_lr by its batch.
   assert not any("learning_rate" in a or "base_lr" in a for s in specs for a in s.args)
 
@@ -296,7 +295,7 @@ def test_plan_checks_each_runs_config(tmp_path):
 
 def test_integral_epochs_work_with_an_int_num_epochs_field(tmp_path):
   specs = make_plan(tmp_path, epochs=("1", "3"), **{"num_epochs": 10})
-  assert "--config.num_epochs=3" in specs[-1].args and specs[-1].values["num_epochs"] == 3
+  assert "--config.num_epochs=3" in specs[-1].args and specs[-1].columns["num_epochs"] == 3
 
 
 # --- skip and resume ----------------------------------------------------------------------
@@ -376,7 +375,7 @@ def test_results_csv_md_and_png_from_the_runs_metrics(tmp_path):
   assert [r["status"] for r in table] == ["finished"] * 5 + ["missing"]
   assert table[-1]["linear_probe_top1"] == "" and table[-1]["images_per_s"] == ""
   for row, spec in zip(table[:5], specs[:5]):
-    b, e = spec.values["batch_size"], spec.values["num_epochs"]
+    b, e = spec.columns["batch_size"], spec.columns["num_epochs"]
     steps = round(e * (NUM_TRAIN // b))
     assert int(row["steps"]) == steps and float(row["num_epochs"]) == e
     assert float(row["linear_probe_top1"]) == pytest.approx(0.8 + b / 10000 + e / 100)

@@ -42,7 +42,6 @@ class RunSpec:
   """One run of a sweep, checked."""
   name: str
   workdir: str
-  values: dict  # field -> parsed value of the run's own overrides
   columns: dict  # CSV columns that identify the run (varied fields, study labels)
   peak_lr: float
   args: tuple[str, ...]  # main.py's arguments (no interpreter)
@@ -191,5 +190,5 @@ def plan(config: ml_collections.ConfigDict, config_file: str, overrides: dict,
     peak_lr = optim.scaled_learning_rate(run_config.optim.base_lr, run_config.batch_size,
                                          run_config.optim.lr_scaling)
     columns = {**point.columns, **{f: values.get(f) for f in varied}}
-    specs.append(RunSpec(point.name, workdir, values, columns, peak_lr, args))
+    specs.append(RunSpec(point.name, workdir, columns, peak_lr, args))
   return specs
