@@ -47,7 +47,7 @@ def make_plan(tmp_path, batch_sizes=("32", "256"), epochs=("1.0", "2.5"), overri
   """The batch_epochs study's runs, as --batch_sizes/--epochs give them."""
   overrides = {"model.width_multiplier": 0.125} if overrides is None else overrides
   axes = [grid.Axis("batch_size", tuple(batch_sizes)), grid.Axis("num_epochs", tuple(epochs))]
-  points, fields = studies.runs(studies.STUDIES["batch_epochs"], axes)
+  points, fields = studies.study_points(studies.STUDIES["batch_epochs"], axes)
   return grid.plan(sweep_config(**changes), "configs/digits.py", overrides, points,
                    str(tmp_path), fields)
 
@@ -144,7 +144,7 @@ def test_parse_value_names_the_field_and_the_bad_value(field, text, message):
 def test_two_axes_make_their_product_first_axis_outermost(tmp_path):
   axes = [grid.parse_axis("loss.hidden_norm=True,False"),
           grid.parse_axis("augment.area_range=(0.3, 1.0),(0.5,1.0)")]
-  points, fields = studies.runs(studies.grid_study(axes), axes)
+  points, fields = studies.study_points(studies.grid_study(axes), axes)
   specs = grid.plan(sweep_config(), "c.py", {"model.width_multiplier": 0.125}, points,
                     str(tmp_path), fields)
   assert [s.columns for s in specs] == [
@@ -182,16 +182,16 @@ def test_command_line_flags_choose_the_study():
     with pytest.raises(ValueError, match=message):
       sweep.choose_study(*args)
   with pytest.raises(ValueError, match="not an axis of study 'temperature'"):
-    studies.runs(studies.STUDIES["temperature"], [grid.parse_axis("seed=1,2")])
+    studies.study_points(studies.STUDIES["temperature"], [grid.parse_axis("seed=1,2")])
   with pytest.raises(ValueError, match="--study_ops is for --study=figure5"):
-    studies.runs(studies.STUDIES["head"], ops=["crop"])
+    studies.study_points(studies.STUDIES["head"], ops=["crop"])
 
 
 # --- named studies ------------------------------------------------------------------------
 
 def test_figure5_pairs_apply_the_operators_to_view_1_only():
   ops = studies.parse_ops("crop,cutout,colour,sobel")
-  points, fields = studies.runs(studies.STUDIES["figure5"], ops=ops)
+  points, fields = studies.study_points(studies.STUDIES["figure5"], ops=ops)
   assert fields == []
   assert len(points) == 10  # 4 diagonal + 6 pairs
   assert [p.name for p in points[:5]] == ["crop", "crop+cutout", "crop+colour", "crop+sobel",
@@ -213,14 +213,14 @@ def test_figure5_pairs_apply_the_operators_to_view_1_only():
                                     "augment.color_jitter_prob": "0.8",
                                     "augment.grayscale_prob": "0.2"}
   assert by_name["cutout"]["augment.crop"] == "False"  # no crop unless studied
-  every = studies.runs(studies.STUDIES["figure5"])[0]
+  every = studies.study_points(studies.STUDIES["figure5"])[0]
   assert len(every) == 7 * 8 // 2
   assert by_name.keys() <= {p.name for p in every}
 
 
 def test_head_study_runs_no_head_once():
   axes = [grid.parse_axis("model.proj_dim=32,128")]
-  points, fields = studies.runs(studies.STUDIES["head"], axes)
+  points, fields = studies.study_points(studies.STUDIES["head"], axes)
   assert [p.name for p in points] == ["head_mode=none", "head_mode=linear_proj_dim=32",
                                       "head_mode=linear_proj_dim=128",
                                       "head_mode=nonlinear_proj_dim=32",
@@ -230,13 +230,13 @@ def test_head_study_runs_no_head_once():
 
 
 def test_temperature_and_colour_studies_default_to_the_papers_grids(tmp_path):
-  points, _ = studies.runs(studies.STUDIES["temperature"])
+  points, _ = studies.study_points(studies.STUDIES["temperature"])
   assert len(points) == 8 and points[0].overrides == {"loss.hidden_norm": "True",
                                                       "loss.temperature": "0.05"}
   specs = grid.plan(sweep_config(), "c.py", {}, points, str(tmp_path),
                     ["loss.hidden_norm", "loss.temperature"])
   assert specs[-1].columns == {"loss.hidden_norm": False, "loss.temperature": 1.0}
-  points, _ = studies.runs(studies.STUDIES["colour_strength"])
+  points, _ = studies.study_points(studies.STUDIES["colour_strength"])
   assert [p.overrides["augment.color_strength"] for p in points] == ["0.125", "0.25", "0.5",
                                                                      "1.0"]
 
@@ -435,7 +435,7 @@ def test_each_study_writes_its_figure_and_markdown(tmp_path, name):
   else:
     study, axes = studies.STUDIES[name], ()
   ops = ["crop", "colour", "blur"] if name == "figure5" else ()
-  points, fields = studies.runs(study, axes, ops)
+  points, fields = studies.study_points(study, axes, ops)
   rows = _synthetic_rows(points)
   columns = [*points[-1].columns, *fields]
   study.plot(rows, os.path.join(tmp_path, study.figure), "title")
@@ -473,7 +473,7 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
 
   def run(*extra, returncode=0):
     proc = subprocess.run([*command, *extra], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+                          timeout=900, cwd=ROOT)
     assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 

@@ -51,7 +51,9 @@ def _number(value, scale) -> str:
   if value is None or value == "":
     return ""
   if isinstance(value, (int, float)) and not isinstance(value, bool):
-    return f"{value * scale:.1f}" if scale != 1 or isinstance(value, float) else str(value)
+    if scale != 1:
+      return f"{value * scale:.1f}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
   return str(value)
 
 

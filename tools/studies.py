@@ -144,8 +144,8 @@ def grid_study(axes: Sequence[Axis]) -> Study:
                                  series=tuple(a.field for a in axes[1:])), "grid.png")
 
 
-def runs(study: Study, grid_axes: Sequence[Axis] = (),
-         ops: Sequence[str] = ()) -> tuple[list[Point], list[str]]:
+def study_points(study: Study, grid_axes: Sequence[Axis] = (),
+                 ops: Sequence[str] = ()) -> tuple[list[Point], list[str]]:
   """The study's runs with `grid_axes` replacing its axes; and its axis fields."""
   fields = [a.field for a in study.axes]
   for axis in grid_axes:

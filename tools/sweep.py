@@ -95,7 +95,7 @@ def main(argv):
   try:
     study, axes, ops = choose_study(_STUDY.value, _GRID.value, _BATCH_SIZES.value,
                                     _EPOCHS.value, _STUDY_OPS.value)
-    points, axis_fields = studies.runs(study, axes, ops)
+    points, axis_fields = studies.study_points(study, axes, ops)
     specs = grid.plan(_CONFIG.value, config_file, overrides, points, _SWEEP_DIR.value,
                       axis_fields)
     runs.check_not_changed(specs)
