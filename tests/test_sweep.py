@@ -400,11 +400,13 @@ def test_results_csv_md_and_png_from_the_runs_metrics(tmp_path):
   assert pixels[..., :3].std() > 0.05  # something was drawn
 
 
-def test_interrupted_run_is_reported_unfinished(tmp_path):
+def test_interrupted_run_is_reported_failed_then_unfinished(tmp_path):
   spec = make_plan(tmp_path, batch_sizes=("64",), epochs=("2",))[0]
   runs.execute([spec], FakeMain(crash_once={(64, 2.0)}), python="py")
   row = runs.summarize(spec)
-  assert row["status"] == "unfinished" and "linear_probe_top1" not in row
+  assert row["status"] == "failed (exit 137)" and "linear_probe_top1" not in row
+  os.remove(os.path.join(spec.workdir, runs.RUN_FILE))  # e.g. main.py run by hand
+  assert runs.summarize(spec)["status"] == "unfinished"
   assert row["steps"] == round(2.0 * (NUM_TRAIN // 64)) // 2  # the torn line is ignored
 
 

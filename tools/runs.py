@@ -126,7 +126,13 @@ def summarize(spec: RunSpec) -> dict:
   records = read_metrics(spec.workdir)
   row = {**spec.columns, "peak_lr": spec.peak_lr, "run": spec.name}
   final = next((r for r in reversed(records) if FINAL_KEY in r), None)
-  row["status"] = "finished" if final else ("unfinished" if records else "missing")
+  invocations = read_run_file(spec.workdir).get("invocations", [])
+  if final:
+    row["status"] = "finished"
+  elif invocations and invocations[-1]["returncode"] != 0:
+    row["status"] = f"failed (exit {invocations[-1]['returncode']})"
+  else:
+    row["status"] = "unfinished" if records else "missing"
   if records:
     row["steps"] = max(r["step"] for r in records)
   train = [r for r in records if "loss" in r]
@@ -145,7 +151,6 @@ def summarize(spec: RunSpec) -> dict:
     row["eval_probe_top1"] = evals[-1]["eval_probe_top1"]
   if final:
     row.update({k: v for k, v in final.items() if k != "step"})
-  invocations = read_run_file(spec.workdir).get("invocations", [])
   if invocations:
     row["sweep_wall_minutes"] = sum(i["wall_s"] for i in invocations) / 60
   return row
