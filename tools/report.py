@@ -118,8 +118,10 @@ def plot_lines(rows: Sequence[dict], path: str, title: str = "", *, x: str,
                panels: Sequence[tuple[str, str, float]] = (
                    (FINAL_KEY, "linear probe top-1 on the test split (%)", 100),)) -> None:
   """A panel per metric of `panels` against `x`, a line per value of the `series`
-  fields; the online probe dotted next to the linear probe; numeric x or categories."""
+  fields; the online probe dotted next to the linear probe; numeric x or categories.
+  Only finished runs are drawn (a failed run's last metrics compare with nothing)."""
   plt = _pyplot()
+  rows = [row for row in rows if row.get("status") == "finished"]
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
   xs = list(dict.fromkeys(row.get(x) for row in rows))
   numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
