@@ -1,0 +1,1 @@
+"""Tools on top of `main.py` (not building blocks of simclr_jax): `python -m tools.sweep`."""
