@@ -54,8 +54,10 @@ def batch(seed=0):
 
 
 def init(model):
-  variables = model.init(jax.random.PRNGKey(1), jnp.zeros((2, SIZE, SIZE, 3)), train=False)
-  return variables["params"], variables["batch_stats"]
+  # create_train_state compiles the initialiser once (model.init op by op took 43 s of CPU
+  # for the ResNet, against 9 s).
+  state = ts.create_train_state(jax.random.PRNGKey(1), model, optax.identity(), SIZE)
+  return state.params, state.batch_stats
 
 
 def assert_trees_close(got, want, rtol=1e-4, atol=1e-6):
