@@ -13,7 +13,8 @@ def run_worker(script: str, *args: str, devices: int = 8, timeout: int = 600,
 
   Raises AssertionError with the worker's output when it fails.
   """
-  full_env = dict(cli.env(devices), PYTHONPATH=cli.ROOT, **(env or {}))
+  full_env = dict(cli.env(devices), PYTHONPATH=cli.ROOT)
+  full_env.update(env or {})
   proc = subprocess.run([sys.executable, os.path.join(cli.ROOT, "tests", "workers", script),
                          *args],
                         env=full_env, capture_output=True, text=True, timeout=timeout,
