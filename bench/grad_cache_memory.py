@@ -3,8 +3,8 @@ r"""Memory and time of one SimCLR train step vs config.loss.chunks (the gradient
   python bench/grad_cache_memory.py --config=configs/cifar10.py --chunks=1,4,16 \
       --config.batch_size=2048
 
-Compiles the real data-parallel step (train_step.make_train_step, with
-grad_cache.make_chunked_grad_fn when chunks > 1) on all local devices for random
+Compiles the real data-parallel step (train_step.make_train_step, through
+grad_cache.chunked_grad when chunks > 1) on all local devices for random
 images, and prints per chunk count: XLA's temporary buffer size of the compiled step
 (activations and other scratch, per device; parameters and the batch excluded), its
 compile time, the median step time and the loss. BENCHMARKS.md reports its output.

@@ -13,7 +13,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from simclr_jax import grad_cache  # noqa: E402
 from simclr_jax import models  # noqa: E402
 from simclr_jax import parallel  # noqa: E402
 from simclr_jax.models import fusion_barrier  # noqa: E402
@@ -53,10 +52,7 @@ def build_step(config, devices, num_classes: int = 1000, barrier: bool | None = 
                                      total_steps=100_000)
   state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, config.data.image_size)
   state = parallel.replicate(state, mesh)
-  grad_fn = (grad_cache.make_chunked_grad_fn(model, config) if config.loss.chunks > 1
-             else None)
-  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config, grad_fn=grad_fn),
-                             mesh)
+  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, config), mesh)
   rng = np.random.default_rng(0)
   s = config.data.image_size
   shape = (config.batch_size, s, s, 3)

@@ -20,7 +20,6 @@ from absl import logging
 
 from simclr_jax import checkpointing
 from simclr_jax import data
-from simclr_jax import grad_cache
 from simclr_jax import knn
 from simclr_jax import metric_log
 from simclr_jax import models
@@ -140,11 +139,7 @@ def train_loop(run: Run, state: TrainState, ckpt: checkpointing.Checkpointer,
   """Steps from state.step to run.total_steps; checkpoints, logs, evaluates."""
   config = run.config
   start = int(state.step)
-  # loss.chunks > 1: the gradient cache (exact NT-Xent, one chunk's activations at a time).
-  grad_fn = (grad_cache.make_chunked_grad_fn(run.model, config) if config.loss.chunks > 1
-             else None)
-  step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config,
-                                                grad_fn=grad_fn),
+  step_fn = ts.shard_train_step(make_train_step(run.model, run.tx, run.schedule, config),
                                 run.mesh)
   eval_step = (make_eval_step(run.model, run.mesh)
                if config.model.online_probe and run.plan.eval_split else None)

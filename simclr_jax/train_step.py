@@ -4,6 +4,12 @@ The step is written per device, in the pmap programming model: it sees its local
 of the batch and talks to the other devices through collectives over `AXIS` (global BN,
 the embedding gather inside `nt_xent`, gradient and metric means). `shard_train_step`
 maps it over a 1-D device mesh (parallel.data_parallel).
+
+The loss is two functions, split where the gradient cache cuts it: `make_forward`
+(images -> heads: encoder f, projection head g, online probe) and `make_head_loss`
+(heads -> NT-Xent over the gathered projections + the probe's terms). The plain step
+differentiates head_loss(forward(...)); with config.loss.chunks > 1 grad_cache.py
+transforms the same two functions.
 """
 
 from typing import Any, Callable
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from simclr_jax import blur
+from simclr_jax import grad_cache
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -21,6 +28,7 @@ from simclr_jax.parallel import AXIS
 
 Batch = dict[str, jax.Array]  # image1, image2: [n, S, S, 3] float32; label: [n] int32
 Metrics = dict[str, jax.Array]
+Heads = grad_cache.Heads  # "z": [2n, d] projections; "logits": [2n, classes] online probe
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -52,10 +60,7 @@ def create_train_state(rng: jax.Array, model, tx: optax.GradientTransformation,
 
 def classifier_l2(params, weight_decay: float) -> jax.Array:
   """L2 penalty of the online probe: LARS masks its weight decay off (official code)."""
-  if "classifier" not in params:
-    return jnp.zeros((), jnp.float32)
-  kernel = params["classifier"]["kernel"]
-  return 0.5 * weight_decay * jnp.sum(jnp.square(kernel))
+  return 0.5 * weight_decay * jnp.sum(jnp.square(params["classifier"]["kernel"]))
 
 
 def probe_loss_and_accuracy(logits: jax.Array, labels: jax.Array):
@@ -65,44 +70,72 @@ def probe_loss_and_accuracy(logits: jax.Array, labels: jax.Array):
   return loss, accuracy
 
 
-def make_loss_fn(model, config: ml_collections.ConfigDict) -> Callable:
-  """`(params, batch_stats, images [2n,...], labels [2n]) -> (total, (batch_stats, metrics))`.
+def make_forward(model) -> Callable[[Any, Any, jax.Array], tuple[Heads, Any]]:
+  """`(params, batch_stats, images [B, S, S, 3]) -> (heads, batch_stats)`: encode, project.
 
-  images holds view 1 of the local batch then view 2. The total adds the online probe's
-  cross-entropy (on stop_gradient(h), inside the model) and its L2 term to NT-Xent.
+  Train mode: every BN normalises with the statistics of `images` (and of the other
+  devices' images with global BN). heads = {"z": [B, d] projections g(f(x)), "logits":
+  [B, classes] of the online probe on stop_gradient(h), when the model has one};
+  batch_stats: the BN running statistics updated with this batch.
+  """
+  def forward(params, batch_stats, images):
+    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                               train=True, mutable=["batch_stats"])
+    heads = {k: out[k] for k in ("z", "logits") if k in out}
+    return heads, mutated.get("batch_stats", batch_stats)
+
+  return forward
+
+
+def make_head_loss(config: ml_collections.ConfigDict) -> Callable:
+  """`(params, heads, labels [2n]) -> (total, metrics)`: the loss given the heads.
+
+  heads hold view 1 of the local n pairs, then view 2 (rows of `make_forward`'s output).
+  total = NT-Xent of z (this device's 2n anchors against all devices' 2N candidates,
+  gathered inside `losses.nt_xent`: call it per device in the mapped step) + the online
+  probe's cross-entropy + its L2 term (the one term that reads `params` directly).
   """
   weight_decay = config.optim.weight_decay
 
-  def loss_fn(params, batch_stats, images, labels):
-    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                               train=True, mutable=["batch_stats"])
-    z_a, z_b = jnp.split(out["z"], 2)
+  def head_loss(params, heads: Heads, labels: jax.Array):
+    z_a, z_b = jnp.split(heads["z"], 2)
     loss, aux = losses.nt_xent(z_a, z_b, temperature=config.loss.temperature,
                                axis_name=AXIS, official_scaling=config.loss.official_scaling,
                                hidden_norm=config.loss.hidden_norm)
     metrics = {"loss": loss, **aux}
     total = loss
-    if "logits" in out:
-      probe_loss, probe_acc = probe_loss_and_accuracy(out["logits"], labels)
+    if "logits" in heads:
+      probe_loss, probe_acc = probe_loss_and_accuracy(heads["logits"], labels)
       total = total + probe_loss + classifier_l2(params, weight_decay)
       metrics.update(probe_loss=probe_loss, probe_acc=probe_acc)
-    return total, (mutated["batch_stats"], metrics)
+    return total, metrics
 
-  return loss_fn
+  return head_loss
 
 
 def make_grad_fn(model, config: ml_collections.ConfigDict) -> Callable:
-  """`(params, batch_stats, images, labels) -> (grads, (batch_stats, metrics))`.
+  """`(params, batch_stats, images [2n, ...], labels [2n]) -> (grads, (batch_stats, metrics))`.
 
-  grads are this device's d(sum of all devices' losses)/d(params); see `make_train_step`.
+  The gradient of head_loss(forward(...)): grads are this device's d(sum of all devices'
+  losses)/d(params) (see `make_train_step`). With config.loss.chunks = C > 1 the same
+  two functions go through the gradient cache (grad_cache.py): one chunk's activations
+  at a time, BN statistics per chunk.
   """
-  return jax.grad(make_loss_fn(model, config), has_aux=True)
+  forward, head_loss = make_forward(model), make_head_loss(config)
+  if config.loss.chunks > 1:
+    return grad_cache.chunked_grad(forward, head_loss, config.loss.chunks)
+
+  def loss_fn(params, batch_stats, images, labels):
+    heads, batch_stats = forward(params, batch_stats, images)
+    total, metrics = head_loss(params, heads, labels)
+    return total, (batch_stats, metrics)
+
+  return jax.grad(loss_fn, has_aux=True)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict,
-                    grad_fn: Callable | None = None) -> Callable[[TrainState, Batch],
-                                                                 tuple[TrainState, Metrics]]:
+                    config: ml_collections.ConfigDict) -> Callable[[TrainState, Batch],
+                                                                   tuple[TrainState, Metrics]]:
   """Returns the per-device step `(state, local_batch) -> (state, metrics)`.
 
   `model` must have been built with `axis_name=AXIS` for global BN (with
@@ -111,9 +144,10 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   """
   aug = config.augment
   blur_here = aug.blur and aug.blur_on == "device"
-  grad_fn = make_grad_fn(model, config) if grad_fn is None else grad_fn
+  grad_fn = make_grad_fn(model, config)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    # Augment: the host made both views; the blur may run here, on the device.
     # Both views in one forward pass, so BN normalises over all 2N views, as the paper.
     images = jnp.concatenate([batch["image1"], batch["image2"]])
     labels = jnp.concatenate([batch["label"], batch["label"]])
@@ -123,7 +157,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
       images = blur.random_gaussian_blur(rng, images, prob=aug.blur_prob,
                                          sigma_range=tuple(aug.blur_sigma_range),
                                          kernel_fraction=aug.blur_kernel_fraction)
+    # Encode, project, gather, loss, and back.
     grads, (batch_stats, metrics) = grad_fn(state.params, state.batch_stats, images, labels)
+    # LARS on the device-mean gradient.
     grads, params, opt_state = parallel.mean_update(tx, grads, state.params, state.opt_state)
     if not config.model.global_bn:
       batch_stats = jax.lax.pmean(batch_stats, AXIS)

@@ -26,12 +26,11 @@ from tests import pretrained_fixture
 from tests.subproc import run_worker
 
 
-@pytest.fixture(scope="module")
-def pretrain_dir(tmp_path_factory):
+@pytest.fixture
+def pretrain_dir(tiny_checkpoint):
   """(workdir with checkpoints at steps 3 and 7, step-7 variables, config)."""
-  workdir = str(tmp_path_factory.mktemp("pretrain"))
-  config = pretrained_fixture.tiny_config(head_num_layers=3)
-  return workdir, pretrained_fixture.make_checkpoint(workdir, config), config
+  workdir, variables, config = tiny_checkpoint
+  return workdir, variables, config.copy_and_resolve_references()
 
 
 def _assert_trees_equal(a, b):

@@ -15,20 +15,20 @@ from simclr_jax import export_format
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import pretrained as pretrained_lib
-from tests import pretrained_fixture
 from tests.subproc import run_worker
 
 IMAGE_SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_checkpoint):
   """(export dir, the pretrained variables, the mode's results, its workdir)."""
   root = tmp_path_factory.mktemp("export")
-  config = pretrained_fixture.tiny_config(head_num_layers=3, image_size=IMAGE_SIZE)
-  variables = pretrained_fixture.make_checkpoint(str(root / "pretrain"), config)
+  pretrain_dir, variables, config = tiny_checkpoint
+  assert config.data.image_size == IMAGE_SIZE
+  config = config.copy_and_resolve_references()
   config.mode = "export"
-  config.init_from = str(root / "pretrain")
+  config.init_from = pretrain_dir
   workdir = str(root / "run")
   results = export.export(config, workdir)
   return os.path.join(workdir, "export"), variables, results, workdir, config

@@ -7,9 +7,9 @@ process reads the same deterministic example stream and keeps its own rows of ea
 global batch, so both layouts train on identical global batches (rows in the same
 device order); the per-step losses and the final parameters must then agree. The
 2-process job is killed (SIGKILL) after its first checkpoint and restarted: it must
-resume from the shared checkpoint directory and still match; one process on one device
-then exports its final checkpoint. A second job gets SIGTERM on one process only, as a
-preempted host would: both processes must stop at one step.
+resume from the shared checkpoint directory and still match; this process, on one
+device, then exports its final checkpoint. A second job gets SIGTERM on one process
+only, as a preempted host would: both processes must stop at one step.
 """
 
 import os
@@ -18,10 +18,12 @@ import signal
 import socket
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import digits
 from simclr_jax import export
 from tests import cli
 from tests.test_resume import final_params
@@ -112,12 +114,14 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   _, params_earlier = final_params(single, STEPS - 3)
   assert_same_updates(params_single, params_multi, params_earlier, rtol=1e-2)
 
-  # Train on many hosts, export on one: a single process on one device reads the
-  # 2-process checkpoint and exports exactly its encoder and head weights.
+  # Train on many hosts, export on one: a single process on one device (this one) reads
+  # the 2-process checkpoint and exports exactly its encoder and head weights.
+  assert jax.device_count() == 1
   export_dir = str(tmp_path / "exported")
-  cli.run_main("configs/digits.py", str(tmp_path / "export_run"), *cli.TINY,
-               "--config.mode=export", f"--config.init_from={multi}",
-               f"--config.export.dir={export_dir}", "--config.export.platforms=('cpu',)")
+  config = digits.get_config()
+  config.update(mode="export", init_from=multi)
+  config.export.update(dir=export_dir, platforms=("cpu",))
+  export.export(config, str(tmp_path / "export_run"))
   _, variables, spec = export.load_variables(export_dir)
   assert spec["pretrain_step"] == STEPS
   exported = ocp.tree.to_flat_dict(variables["params"])

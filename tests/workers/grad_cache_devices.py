@@ -1,11 +1,12 @@
-"""Gradient-cache steps on 1, 2, 4 and 8 devices for one global batch; saves the results.
+"""Gradient-cache steps on 1, 4 and 8 devices for one global batch; saves the results.
 
-Runs 2 SimCLR train steps (train_step.make_train_step with the chunked grad_fn, mapped
-with shard_train_step) with loss.chunks = 2 on k = 1, 4, 8 devices, plus the unchunked
-step on 1 device (which must differ: its BN statistics are per batch). The network is
-`ToySimCLR` (global BN over the devices, NT-Xent, online probe), also used by
-tests/test_grad_cache.py: a ResNet takes minutes to compile 4 times on 2 shared cores;
-the ResNet's per-chunk BN is checked in-process there.
+Runs 2 SimCLR train steps (train_step.make_train_step, which goes through
+grad_cache.chunked_grad when loss.chunks > 1, mapped with shard_train_step) with
+loss.chunks = 2 on k = 1, 4, 8 devices, plus the unchunked step on 1 device (which must
+differ: its BN statistics are per batch). The network is `ToySimCLR` (global BN over
+the devices, NT-Xent, online probe), also used by tests/test_grad_cache.py: a ResNet
+takes minutes to compile 4 times on 2 shared cores; the ResNet's per-chunk BN is
+checked in-process there.
 """
 
 import sys
@@ -19,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import base
-from simclr_jax import grad_cache
 from simclr_jax import parallel
 from simclr_jax import train_step as ts
 
@@ -86,9 +86,7 @@ def run(model, c, num_devices, data):
   tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
   state = parallel.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, IMAGE_SIZE),
                        mesh)
-  grad_fn = grad_cache.make_chunked_grad_fn(model, c) if c.loss.chunks > 1 else None
-  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c, grad_fn=grad_fn),
-                             mesh)
+  step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c), mesh)
   seen = []
   for batch in data:
     state, metrics = step(state, parallel.shard_batch(batch, mesh))

@@ -1,5 +1,6 @@
 """Runs 3 SimCLR steps on one global batch with 1, 2, 4 and 8 devices, and once without
-shard_map (a plain jax.grad reference); saves losses, BN statistics and parameters."""
+shard_map (a plain jax.grad reference), all from one initial state; saves losses, BN
+statistics and parameters."""
 
 import sys
 
@@ -39,11 +40,11 @@ def batches(c, num_classes):
           for _ in range(STEPS)]
 
 
-def run_sharded(c, num_devices, data, num_classes):
+def run_sharded(c, num_devices, data, num_classes, init):
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
   model = models.create_model(c.model, num_classes=num_classes, axis_name=parallel.AXIS)
   tx, schedule = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
-  state = parallel.replicate(ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8), mesh)
+  state = parallel.replicate(init, mesh)
   step = ts.shard_train_step(ts.make_train_step(model, tx, schedule, c), mesh)
   losses_seen = []
   for batch in data:
@@ -52,12 +53,10 @@ def run_sharded(c, num_devices, data, num_classes):
   return losses_seen, jax.device_get(state.params), jax.device_get(state.batch_stats)
 
 
-def run_reference(c, data, num_classes):
+def run_reference(c, data, num_classes, init):
   """The same update without shard_map or collectives: one device, whole batch."""
   model = models.create_model(c.model, num_classes=num_classes, axis_name=None)
   tx, _ = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
-  state = ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8)
-  params, stats, opt_state = state.params, state.batch_stats, state.opt_state
 
   def loss_fn(params, stats, images, labels):
     out, mutated = model.apply({"params": params, "batch_stats": stats}, images, train=True,
@@ -69,13 +68,18 @@ def run_reference(c, data, num_classes):
     l2 = 0.5 * c.optim.weight_decay * jnp.sum(params["classifier"]["kernel"] ** 2)
     return loss + ce + l2, (loss, mutated["batch_stats"])
 
+  @jax.jit
+  def update(params, stats, opt_state, images, labels):
+    grads, (loss, stats) = jax.grad(loss_fn, has_aux=True)(params, stats, images, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+
+  params, stats, opt_state = init.params, init.batch_stats, init.opt_state
   losses_seen = []
   for batch in data:
     images = jnp.concatenate([batch["image1"], batch["image2"]])
     labels = jnp.concatenate([batch["label"], batch["label"]])
-    grads, (loss, stats) = jax.grad(loss_fn, has_aux=True)(params, stats, images, labels)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, stats, opt_state, loss = update(params, stats, opt_state, images, labels)
     losses_seen.append(float(loss))
   return losses_seen, jax.device_get(params), jax.device_get(stats)
 
@@ -85,11 +89,12 @@ def main(out_path):
   data = batches(c, num_classes=10)
   model = models.create_model(c.model, num_classes=10)
   tx, _ = ts.create_optimizer(c, num_examples=2 * c.batch_size, total_steps=10)
-  init = ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8)
+  # One initial state for every run (host copy: the sharded steps donate their buffers).
+  init = jax.device_get(ts.create_train_state(jax.random.PRNGKey(0), model, tx, 8))
   results = {"init": ([np.nan] * STEPS, init.params, init.batch_stats),
-             "ref": run_reference(c, data, 10)}
+             "ref": run_reference(c, data, 10, init)}
   for k in (1, 2, 4, 8):
-    results[k] = run_sharded(c, k, data, 10)
+    results[k] = run_sharded(c, k, data, 10, init)
   flat = {}
   for key, (loss, params, stats) in results.items():
     flat[f"{key}/loss"] = np.asarray(loss)
