@@ -35,6 +35,5 @@ def get_config():
   c.optim.weight_decay = 1e-4
   c.optim.warmup_epochs = 10
   c.log_every_steps = 50
-  c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2000
   return c

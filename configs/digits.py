@@ -35,7 +35,9 @@ def get_config():
   c.optim.weight_decay = 1e-4
   c.optim.warmup_epochs = 3
   c.log_every_steps = 10
-  c.eval_every_steps = 100
   c.checkpoint_every_steps = 100
-  c.probe.final = True
+  c.evals.online_probe.every_steps = 100
+  c.evals.linear_probes.every_steps = 0  # at the end
+  c.linear_eval.eval_every_steps = 100
+  c.finetune.eval_every_steps = 100
   return c

@@ -38,6 +38,5 @@ def get_config():
   c.optim.weight_decay = 1e-6  # v1 paper (the v2 code and README: 1e-4)
   c.optim.warmup_epochs = 10
   c.log_every_steps = 100
-  c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2500
   return c

@@ -5,6 +5,8 @@ Every error names the field, the bad value and what is allowed.
 
 import ml_collections
 
+from simclr_jax import evaluators
+
 MODES = ("pretrain", "linear_eval", "finetune", "knn", "export")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 DTYPES = ("float32", "bfloat16")
@@ -64,7 +66,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
              process_count: int = 1, min_image_size: int = 1) -> None:
   """Raises ConfigError for the first invalid field of `config`."""
   _one_of(config, "mode", MODES)
-  for field in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
+  for field in ("batch_size", "eval_batch_size", "log_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints", "data.image_size"):
     _positive(config, field)
     if int(_get(config, field)) != _get(config, field):
@@ -84,6 +86,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
           f"(model.cifar_stem={config.model.cifar_stem})")
   _validate_model(config)
   _validate_augment(config)
+  _validate_evals(config)
   _positive(config, "loss.temperature")
   _positive(config, "loss.chunks")
   local_batch = config.batch_size // num_devices
@@ -96,6 +99,25 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   for field in ("optim.base_lr", "optim.weight_decay", "optim.warmup_epochs",
                 "optim.momentum"):
     _positive(config, field, strict=False)
+
+
+def _every_steps(config, field: str):
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+    _fail(field, value, "expected an integer >= -1 (N > 0: every N steps and at the last "
+                        "step; 0: at the last step only; -1: off)")
+
+
+def _validate_evals(config):
+  for name, entry in config.evals.items():
+    if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
+      _fail(f"evals.{name}", entry, "expected an entry ConfigDict(type=..., every_steps=...)")
+    _one_of(config, f"evals.{name}.type", sorted(evaluators.REGISTRY))
+    if "every_steps" not in entry:
+      _fail(f"evals.{name}.every_steps", None, "expected an integer >= -1")
+    _every_steps(config, f"evals.{name}.every_steps")
+  for field in ("linear_eval.eval_every_steps", "finetune.eval_every_steps"):
+    _every_steps(config, field)
 
 
 def _validate_model(config):

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A ResNet-18 at 1/8 width on 16 px digits: a few steps take seconds on 2 CPU cores.
 TINY = ("--config.model.width_multiplier=0.125", "--config.data.image_size=16",
         "--config.batch_size=32", "--config.eval_batch_size=64",
-        "--config.data.deterministic=True", "--config.probe.final=False")
+        "--config.data.deterministic=True", "--config.evals.linear_probes.every_steps=-1")
 
 
 def main_command(config: str, workdir: str, *overrides: str) -> list[str]:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 8
 RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
+       "--config.checkpoint_every_steps=2", "--config.evals.online_probe.every_steps=1000",
        "--config.keep_checkpoints=10")
 
 
@@ -105,7 +105,8 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(straight_run, tmp_path, sig):
   workdir = str(tmp_path / "preempted")
   shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
   many = (*RUN[:-4], "--config.num_train_steps=400", "--config.log_every_steps=1",
-          "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000")
+          "--config.checkpoint_every_steps=1000",
+          "--config.evals.online_probe.every_steps=1000")
   proc = cli.start_main("configs/digits.py", workdir, *many)
   cli.wait_for_step(workdir, 3, proc)
   assert cli.kill(proc, sig) == 0

@@ -28,7 +28,7 @@ def test_paper_configs_run_on_mock_data(tmp_path, config, overrides):
   run_worker("main_with_mock_data.py", "64", "--", f"--config={config}",
              f"--workdir={workdir}", "--config.batch_size=16", "--config.eval_batch_size=16",
              "--config.model.width_multiplier=0.125", "--config.num_train_steps=3",
-             "--config.log_every_steps=1", "--config.eval_every_steps=3",
+             "--config.log_every_steps=1", "--config.evals.online_probe.every_steps=3",
              "--config.data.shuffle_buffer=16", *overrides, devices=2)
   records = read_metrics(workdir)
   losses = [r["loss"] for r in records if "loss" in r]
@@ -69,7 +69,7 @@ PROGRESS = re.compile(r"step (\d+)/4 \((\d+)%\)  ETA [\dhms]+  \d+ img/s  loss [
 def test_digits_job_writes_probe_table(tmp_path):
   workdir = str(tmp_path)
   args = (*cli.TINY[:-1], "--config.num_train_steps=4", "--config.log_every_steps=2",
-          "--config.probe.draws=2")
+          "--config.evals.linear_probes.draws=2")
   proc = cli.run_main("configs/digits.py", workdir, *args)
   records = read_metrics(workdir)
   final = records[-1]
