@@ -5,6 +5,7 @@ record, the last one marked done; a run resumed at its end evaluates only that s
 
 import logging
 import os
+import types
 
 import flax
 import jax
@@ -80,9 +81,8 @@ def test_registered_evaluator_runs_at_its_cadence_after_the_checkpoint(
   config.evals = ml_collections.ConfigDict(dict(
       every3=entry("every3", 3, fail_at=6), at_end=entry("at_end", 0), off=entry("off", -1)))
   ckpt = checkpointing.Checkpointer(workdir, keep=10)  # asynchronous saves
-  ctx = train.Run(config, workdir, None, None, None, None, None, None, 2, 7, None)
-  ctx.ckpt = ckpt  # what Recorder reads, beside the contract's attributes
-  evals = train.evaluations(ctx)
+  # What Recorder reads of the run (a Run has the contract's attributes).
+  evals = train.evaluations(types.SimpleNamespace(config=config, ckpt=ckpt))
   assert [e.name for e in evals] == ["evals.at_end", "evals.every3"]
   state = parallel.replicate(State(step=jnp.zeros((), jnp.int32),
                                    params={"w": jnp.zeros(3)}, batch_stats={}),
@@ -116,7 +116,7 @@ def test_a_failing_last_evaluation_leaves_the_run_unfinished(tmp_path, monkeypat
   monkeypatch.setitem(evaluators.REGISTRY, "recorder", f"{__name__}:Recorder")
   workdir = str(tmp_path)
   ckpt = checkpointing.Checkpointer(workdir, keep=10, async_save=False)
-  recorder = Recorder(entry("last", 0, fail_at=4), type("Ctx", (), {"ckpt": ckpt}))
+  recorder = Recorder(entry("last", 0, fail_at=4), types.SimpleNamespace(ckpt=ckpt))
   state = parallel.replicate(State(step=jnp.zeros((), jnp.int32),
                                    params={"w": jnp.zeros(3)}, batch_stats={}),
                              parallel.make_mesh())
