@@ -111,6 +111,7 @@ def test_dry_run_prints_config_and_plan(tmp_path):
   assert plan["warm-up steps"] == str(round(3 * 1438 // 64))
   assert plan["peak learning rate"] == "0.25" and plan["per-device batch"] == "32"
   assert int(plan["parameters"].replace(",", "")) > 100_000
+  assert plan["evaluations"] == "linear_probes at the end, online_probe every 100 steps"
   assert "temperature: 0.2" in proc.stdout  # the resolved config
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
