@@ -56,7 +56,7 @@ def load_modes():
     from simclr_jax import linear_eval
     from simclr_jax import resume_check
     from simclr_jax import train
-  jobs = {"pretrain": train.pretrain_and_probe, "linear_eval": linear_eval.linear_eval,
+  jobs = {"pretrain": train.pretrain, "linear_eval": linear_eval.linear_eval,
           "finetune": finetune.finetune, "knn": knn_eval.knn_eval, "export": export.export}
   # Checks of (config, workdir): a resumed run's model, the export's target.
   checks = {"pretrain": resume_check.check_pretrain_resume, "export": export.target_dir}

@@ -97,15 +97,27 @@ def get_config() -> ConfigDict:
   c.optim.nesterov = False
   c.optim.trust_coefficient = 0.001
 
-  # --- linear probes after pretraining (logistic regression on frozen h) -------------
-  c.probe = ml_collections.ConfigDict()
-  c.probe.final = False  # run them when pretraining completes
-  c.probe.shots = 5  # labels per class of the few-shot probe
-  c.probe.draws = 10  # seeded few-shot draws averaged
-  c.probe.random_init_baseline = True  # same probes on a randomly initialised encoder
+  # --- evaluations during pretraining (simclr_jax/evaluators/) -------------------------
+  # One entry per evaluator: `type` (a key of evaluators.REGISTRY), `every_steps` (N > 0:
+  # every N steps and at the last step; 0: at the last step only; -1: off) and its own
+  # fields. Each runs after the checkpoint of the step it is due at.
+  c.evals = ml_collections.ConfigDict()
+  # Top-1/top-5 of the online probe (model.online_probe) on eval_split.
+  c.evals.online_probe = ml_collections.ConfigDict(dict(type="online_probe",
+                                                        every_steps=5000))
+  # Weighted kNN on h (protocol: c.knn below): knn_top1 / knn_top5.
+  c.evals.knn = ml_collections.ConfigDict(dict(type="knn", every_steps=-1))
+  # Logistic-regression probes on frozen h, on all labels and on `shots` per class
+  # (averaged over `draws` seeded draws); also on a randomly initialised encoder.
+  c.evals.linear_probes = ml_collections.ConfigDict(dict(
+      type="linear_probes", every_steps=-1, shots=5, draws=10, random_init_baseline=True))
+  # Paper Table 3: which transformation (colour/grayscale, rotation, noise, Sobel) a
+  # logistic regression on frozen h and on g(h) can tell (docs/evaluation.md).
+  c.evals.transform_prediction = ml_collections.ConfigDict(dict(
+      type="transform_prediction", every_steps=-1, max_images=2048, noise_sigma=0.1, seed=0,
+      tasks="color,rotation,noise,sobel"))
 
   c.knn = knn()
-  c.knn_every_steps = 0  # kNN monitor during pretraining every N steps; 0 = off
   c.export = export()
   return c
 
@@ -119,6 +131,8 @@ def linear_eval_config() -> ConfigDict:
   c.linear_eval.batch_size = 4096  # global; CIFAR-10: 512
   c.linear_eval.num_epochs = 90.0  # CIFAR-10: 100
   c.linear_eval.num_train_steps = -1  # wins over num_epochs when > 0
+  # Also evaluate every N steps (0: only the final evaluation; -1 as 0).
+  c.linear_eval.eval_every_steps = 5000
   # Fast path for sweeps: h of every train image extracted once (no augmentation), the
   # classifier trained on those; its metrics are named linear_eval_cached_*.
   c.linear_eval.cached_features = False
@@ -138,6 +152,7 @@ def finetune_config() -> ConfigDict:
   c.finetune.batch_size = 4096
   c.finetune.num_epochs = 30.0  # paper: 60 on 1% of the labels, 30 on 10%
   c.finetune.num_train_steps = -1  # wins over num_epochs when > 0
+  c.finetune.eval_every_steps = 5000  # as linear_eval.eval_every_steps
   # Class-balanced, seeded (c.seed) fraction of train_split's labels; 1.0 = all. ImageNet
   # uses the tfds subsets instead (dataset imagenet2012_subset/1pct or /10pct).
   c.finetune.label_fraction = 0.1
@@ -202,7 +217,6 @@ def _common(mode: str) -> ConfigDict:
 
   # --- program ----------------------------------------------------------------------
   c.log_every_steps = 100
-  c.eval_every_steps = 5000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   # The pretraining checkpoint the evaluation modes (linear_eval | finetune | knn |

@@ -32,7 +32,7 @@ def get_config():
   c.loss.official_scaling = False  # the paper's L, which these settings were tuned with
   c.optim.warmup_epochs = 3
   c.log_every_steps = 10
-  c.eval_every_steps = 100
   c.checkpoint_every_steps = 100
-  c.probe.final = True
+  c.evals.online_probe.every_steps = 100
+  c.evals.linear_probes.every_steps = 0  # at the end
   return c

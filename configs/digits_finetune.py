@@ -12,5 +12,6 @@ from configs import digits
 def get_config():
   c = digits.set_data(base.finetune_config())
   c.finetune.batch_size = 32  # label_fraction 0.1 and 30 epochs: the base's
+  c.finetune.eval_every_steps = 100
   c.log_every_steps = 20
   return c

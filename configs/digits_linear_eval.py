@@ -23,5 +23,6 @@ def get_config():
   c.linear_eval.batch_size = 128
   c.linear_eval.num_epochs = 60
   c.linear_eval.optim.weight_decay = 0.0
+  c.linear_eval.eval_every_steps = 100
   c.log_every_steps = 50
   return c

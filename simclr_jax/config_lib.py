@@ -10,6 +10,7 @@ allowed.
 import ml_collections
 
 from simclr_jax import choices
+from simclr_jax import evaluators
 
 # The groups each mode reads, besides the data and program fields every config has
 # (configs/base.py).
@@ -162,6 +163,7 @@ def _validate_pretrain(config, num_devices: int, min_image_size: int):
           f"(model.cifar_stem={config.model.cifar_stem})")
   _validate_model(config)
   _validate_augment(config)
+  _validate_evals(config)
   _positive(config, "loss.temperature")
   _positive(config, "loss.chunks")
   local_batch = config.batch_size // num_devices
@@ -171,6 +173,23 @@ def _validate_pretrain(config, num_devices: int, min_image_size: int):
   _validate_optim(config, "optim")
   if "knn" in config:  # the kNN monitor
     _validate_knn(config)
+
+
+def _every_steps(config, field: str):
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+    _fail(field, value, "expected an integer >= -1 (N > 0: every N steps and at the last "
+                        "step; 0: at the last step only; -1: off)")
+
+
+def _validate_evals(config):
+  for name, entry in config.evals.items():
+    if not isinstance(entry, ml_collections.ConfigDict) or "type" not in entry:
+      _fail(f"evals.{name}", entry, "expected an entry ConfigDict(type=..., every_steps=...)")
+    _one_of(config, f"evals.{name}.type", sorted(evaluators.REGISTRY))
+    if "every_steps" not in entry:
+      _fail(f"evals.{name}.every_steps", None, "expected an integer >= -1")
+    _every_steps(config, f"evals.{name}.every_steps")
 
 
 def _validate_model(config):
@@ -209,6 +228,7 @@ def _validate_optim(config, group: str):
 
 def _validate_linear_eval(config):
   _run_length(config, "linear_eval.")
+  _every_steps(config, "linear_eval.eval_every_steps")
   _validate_crop(config)
   _validate_optim(config, "linear_eval.optim")
   _int_at_least(config, "linear_eval.from_projection_layer", 0, " (0 = h)")
@@ -222,6 +242,7 @@ def _validate_linear_eval(config):
 def _validate_finetune(config):
   ft = config.finetune
   _run_length(config, "finetune.")
+  _every_steps(config, "finetune.eval_every_steps")
   _validate_crop(config)
   _validate_optim(config, "finetune.optim")
   if not 0.0 < ft.label_fraction <= 1.0:

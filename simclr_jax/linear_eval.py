@@ -21,6 +21,7 @@ from simclr_jax import config_lib
 from simclr_jax import eval_setup
 from simclr_jax import data
 from simclr_jax import knn as knn_lib
+from simclr_jax import loop
 from simclr_jax import metric_log
 from simclr_jax import models
 from simclr_jax import parallel
@@ -172,10 +173,14 @@ def _linear_eval_cached(setup: eval_setup.Setup) -> dict[str, float]:
   log = metric_log.MetricLog(setup.workdir)
   try:
     # Minutes at most once the features are cached: not checkpointed.
-    state, _ = supervised.train_supervised(
-        step_fn, state, {}, cached_batches(train_x, train_y, le.batch_size, config.seed),
-        total_steps=total_steps, mesh=mesh, log=log, prefix=CACHED_PREFIX,
-        log_every=config.log_every_steps, steps_per_epoch=steps_per_epoch)
+    cadence = loop.Cadence(total_steps, steps_per_epoch, le.batch_size,
+                           config.log_every_steps)
+    state, done, _ = loop.train(
+        lambda s, batch: step_fn(s, {}, batch), state,
+        cached_batches(train_x, train_y, le.batch_size, config.seed), cadence, mesh=mesh,
+        log=log, checked=("train_loss",), prefix=CACHED_PREFIX, what="linear_eval")
+    if not done:
+      return {}
     params = jax.device_get(state.params)
     logits = np.asarray(test_x @ params["kernel"] + params["bias"])
     correct = knn_lib.topk_correct(logits, test_y)

@@ -1,14 +1,15 @@
-"""What the console says while pretraining: `step 120/330 (36%)  ETA 1m48s  245 img/s ...`.
+"""What the console says while training: `step 120/330 (36%)  ETA 1m48s  245 img/s ...`.
 
-The first step of a process compiles the train step; its time is reported on its own
+The first step of a process compiles the step; its time is reported on its own
 ("compiling") and kept out of the images/s and the ETA.
 """
 
 import time
 
 # Metrics shown on the console line (all of them go to metrics.jsonl and TensorBoard).
+# Pretraining's, then the supervised modes' (linear evaluation, fine-tuning).
 KEY_METRICS = (("loss", "loss"), ("contrast_acc", "contrast_acc"), ("probe_acc", "probe_acc"),
-               ("learning_rate", "lr"))
+               ("train_loss", "loss"), ("train_top1", "top1"), ("learning_rate", "lr"))
 
 
 def format_duration(seconds: float) -> str:

@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from simclr_jax import evaluators
 from simclr_jax import metric_log
 from simclr_jax import optim
 
@@ -38,6 +39,9 @@ def pretrain_plan(run) -> dict:
       "per-device batch": config.batch_size // jax.device_count(),
       "parameters": parameter_count(run.model, config.data.image_size),
       "checkpoints": f"every {config.checkpoint_every_steps} steps in {run.workdir}",
+      "evaluations": ", ".join(
+          f"{name} every {e.every_steps} steps" if e.every_steps else f"{name} at the end"
+          for name, e in evaluators.enabled(config.evals)) or "none",
   }
 
 

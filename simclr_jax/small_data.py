@@ -1,8 +1,8 @@
 """What a small dataset leaves out of pretraining's evaluations, decided at the start.
 
 Pretraining evaluates with an online probe (top-1/top-5 on the eval split), an
-optional kNN monitor and, at the end, linear probes on all labels and on
-`probe.shots` labels per class. On a small custom dataset some of these cannot run:
+optional kNN monitor and linear probes on all labels and on `shots` labels per class
+(the entries of `config.evals`). On a small custom dataset some of these cannot run:
 they are skipped, and each skip is logged once when the run starts.
 """
 
@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 from absl import logging
+
+from simclr_jax import evaluators
 
 TOP5 = 5
 
@@ -27,7 +29,8 @@ class Plan:
 def plan(config, source) -> Plan:
   """The evaluations `config`'s pretraining can run on `source` (a data
   Source)."""
-  name, shots = source.name, config.probe.shots
+  name = source.name
+  probes = [(n, e) for n, e in evaluators.enabled(config.evals) if e.type == "linear_probes"]
   num_eval = source.num_examples(config.eval_split)
   counts = source.class_counts(config.train_split)
   present = int(np.count_nonzero(counts)) if counts is not None else source.num_classes
@@ -40,7 +43,8 @@ def plan(config, source) -> Plan:
     fields["top5"] = False
     notes.append(f"{name!r} has {source.num_classes} classes: top-5 accuracy is not "
                  "reported")
-  if config.probe.final and fields.get("probes", True):
+  if probes and fields.get("probes", True):
+    field, shots = f"evals.{probes[0][0]}.shots", probes[0][1].shots
     if present < 2:
       fields.update(probes=False, few_shot=False)
       notes.append(f"split {config.train_split!r} of {name!r} has images of {present} "
@@ -51,7 +55,7 @@ def plan(config, source) -> Plan:
       listed = ", ".join(f"{names[c] if names else c}: {n}" for c, n in small[:5])
       fields["few_shot"] = False
       notes.append(f"{len(small)} class(es) of split {config.train_split!r} have fewer "
-                   f"than probe.shots = {shots} images ({listed}"
+                   f"than {field} = {shots} images ({listed}"
                    f"{', ...' if len(small) > 5 else ''}): the final {shots}-shot probe is "
                    "skipped")
   return Plan(**fields, notes=tuple(notes))

@@ -3,10 +3,10 @@
 Training is data-parallel in the pmap style of the pretraining step: every device runs
 the per-device step on its share of the global batch (parallel.data_parallel),
 gradients are averaged with `pmean` (parallel.mean_update), BN statistics are global.
+The steps run in the training loop of every mode (loop.py).
 """
 
 import contextlib
-import time
 from typing import Any, Callable, Iterator
 
 import flax
@@ -14,13 +14,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
 from simclr_jax import checkpointing
+from simclr_jax import loop
 from simclr_jax import metric_log
 from simclr_jax import parallel
+from simclr_jax import small_data
 from simclr_jax.models.heads import dense_kernel_init
 from simclr_jax.parallel import AXIS, REPLICATED, SPLIT
 
@@ -53,7 +54,7 @@ def make_eval_step(logits_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
   """
   def step(variables, batch):
     logits = logits_fn(variables, batch["image"])
-    k = min(5, logits.shape[-1])
+    k = min(small_data.TOP5, logits.shape[-1])
     hits = jax.lax.top_k(logits, k)[1] == batch["label"][:, None]
     mask = batch["mask"].astype(jnp.float32)
     counts = {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(hits.any(-1) * mask),
@@ -96,47 +97,6 @@ def restore_supervised(workdir: str, config: ConfigDict, mode: str,
   return ckpt, state
 
 
-def train_supervised(step_fn: Callable, state: SupervisedState, frozen: Any,
-                     batches: Iterator[dict], *, total_steps: int, mesh: jax.sharding.Mesh,
-                     log: metric_log.MetricLog, prefix: str, log_every: int,
-                     steps_per_epoch: int, ckpt: checkpointing.Checkpointer | None = None,
-                     checkpoint_every: int = 0, meta: dict | None = None,
-                     on_eval: Callable | None = None,
-                     eval_every: int = 0) -> tuple[SupervisedState, bool]:
-  """Steps from state.step to `total_steps`; logs `<prefix>train_*` means every
-  `log_every` steps. With `ckpt`: checkpoints every `checkpoint_every` steps, at the
-  end and on SIGTERM. Returns (state, whether the last step was reached).
-  """
-  window = []
-  frozen_args = () if frozen is None else (frozen,)
-  start = int(state.step)
-  t0 = time.time()
-  with checkpointing.PreemptionFlag() as preempted:
-    for step in range(start + 1, total_steps + 1):
-      state, metrics = step_fn(state, *frozen_args, parallel.shard_batch(next(batches), mesh))
-      window.append(metrics)
-      last = step == total_steps
-      if step % log_every == 0 or last:
-        summary, window = metric_log.mean_metrics(window), []
-        if not np.isfinite(summary["train_loss"]):
-          raise FloatingPointError(f"non-finite {prefix}train_loss at step {step}")
-        summary = {prefix + k: v for k, v in summary.items()}
-        summary[prefix + "epoch"] = step / steps_per_epoch
-        summary[prefix + "seconds_per_step"] = (time.time() - t0) / (step - start)
-        log.write(step, summary)  # also logged to the console by clu
-      if on_eval is not None and eval_every > 0 and step % eval_every == 0 and not last:
-        log.write(step, on_eval(state))
-      if ckpt is None:
-        continue
-      stop = ckpt.save_if_due(step, state, meta, every=checkpoint_every, last=last,
-                              preempted=preempted)
-      if stop and not last:
-        logging.warning("Preempted: saved %sstep %d; the same command resumes.", prefix,
-                        step)
-        return state, False
-  return state, int(state.step) == total_steps
-
-
 def train_then_evaluate(mode: str, config: ConfigDict, workdir: str, step_fn: Callable,
                         state: SupervisedState, frozen: Any,
                         batches: Callable[[int], Iterator[dict]],
@@ -145,19 +105,24 @@ def train_then_evaluate(mode: str, config: ConfigDict, workdir: str, step_fn: Ca
                         extras: dict) -> dict | None:
   """A supervised mode's run: resume, train, evaluate, log; None if stopped by SIGTERM.
 
-  Resumes from <workdir>/<mode>_checkpoints (state is the fresh initial state),
-  checkpoints and evaluates as config says, and logs `evaluate(final state)` plus
-  `extras` at the last step. `batches(start_step)` opens the training stream.
+  Resumes from <workdir>/<mode>_checkpoints (state is the fresh initial state), trains
+  in the loop (loop.py) with `config.<mode>`'s batch size and evaluation cadence
+  (`eval_every_steps`), and logs `evaluate(final state)` plus `extras` at the last
+  step. `batches(start_step)` opens the training stream; `step_fn(state, *frozen,
+  batch)` is the sharded step (frozen None: no frozen argument).
   """
+  group = config[mode]
+  frozen_args = () if frozen is None else (frozen,)
   ckpt, state = restore_supervised(workdir, config, mode, state)
   with contextlib.closing(ckpt), contextlib.closing(metric_log.MetricLog(workdir)) as log:
-    state, done = train_supervised(
-        step_fn, state, frozen, batches(int(state.step)), total_steps=total_steps,
-        mesh=mesh, log=log, prefix=mode + "_", log_every=config.log_every_steps,
-        steps_per_epoch=steps_per_epoch, ckpt=ckpt,
-        checkpoint_every=config.checkpoint_every_steps,
-        meta=checkpointing.config_meta(config), on_eval=evaluate,
-        eval_every=config.eval_every_steps)
+    cadence = loop.Cadence(total_steps, steps_per_epoch, group.batch_size,
+                           config.log_every_steps, config.checkpoint_every_steps)
+    periodic = loop.Evaluation(f"{mode} evaluation", group.eval_every_steps, evaluate,
+                               at_last=False)
+    state, done, _ = loop.train(
+        lambda s, batch: step_fn(s, *frozen_args, batch), state, batches(int(state.step)),
+        cadence, mesh=mesh, log=log, ckpt=ckpt, meta=checkpointing.config_meta(config),
+        evaluations=[periodic], checked=("train_loss",), prefix=mode + "_", what=mode)
     ckpt.wait()
     if not done:
       return None

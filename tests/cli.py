@@ -15,7 +15,7 @@ TINY_DATA = ("--config.data.image_size=16", "--config.eval_batch_size=64",
              "--config.data.deterministic=True")
 # A ResNet-18 at 1/8 width on 16 px digits: a few steps take seconds on 2 CPU cores.
 TINY = ("--config.model.width_multiplier=0.125", *TINY_DATA, "--config.batch_size=32",
-        "--config.probe.final=False")
+        "--config.evals.linear_probes.every_steps=-1")
 
 
 def main_command(config: str, workdir: str, *overrides: str) -> list[str]:

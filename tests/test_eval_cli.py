@@ -36,7 +36,8 @@ def pretrained(tmp_path_factory):
   """A digits pretraining workdir (3 steps, kNN monitor on at the last step)."""
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   cli.run_main("configs/digits.py", workdir, *cli.TINY, f"--config.num_train_steps={STEPS}",
-               f"--config.checkpoint_every_steps={STEPS}", f"--config.knn_every_steps={STEPS}")
+               f"--config.checkpoint_every_steps={STEPS}",
+               f"--config.evals.knn.every_steps={STEPS}")
   return workdir
 
 

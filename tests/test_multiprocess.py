@@ -44,7 +44,7 @@ STEPS = 9
 # resume changes a loss by > 1e-2. Final parameters (this RUN, no kill): worst leaf 2.7e-4
 # of its last 3 steps' update, against the bound 1e-2 (37x).
 RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=3", "--config.eval_every_steps=1000",
+       "--config.checkpoint_every_steps=3", "--config.evals.online_probe.every_steps=1000",
        "--config.data.process_sharding=batch", "--config.optim.base_lr=0.01")
 
 

@@ -16,7 +16,6 @@ from scipy import stats
 
 import jax
 import jax.numpy as jnp
-import optax
 import tensorflow as tf
 
 from configs import base

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 8
 RUN = (*cli.TINY, f"--config.num_train_steps={STEPS}", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
+       "--config.checkpoint_every_steps=2", "--config.evals.online_probe.every_steps=1000",
        "--config.keep_checkpoints=10")
 
 
@@ -105,7 +105,8 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(straight_run, tmp_path, sig):
   workdir = str(tmp_path / "preempted")
   shutil.copytree(os.path.join(straight_run, "tfds"), os.path.join(workdir, "tfds"))
   many = (*RUN[:-4], "--config.num_train_steps=400", "--config.log_every_steps=1",
-          "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000")
+          "--config.checkpoint_every_steps=1000",
+          "--config.evals.online_probe.every_steps=1000")
   proc = cli.start_main("configs/digits.py", workdir, *many)
   cli.wait_for_step(workdir, 3, proc)
   assert cli.kill(proc, sig) == 0
@@ -149,7 +150,7 @@ def test_resume_with_another_model_is_refused_before_writing(straight_run, tmp_p
                       "--config.model.width_multiplier=0.25", "--config.model.depth=34",
                       check=False, timeout=300)
   assert proc.returncode != 0
-  assert (f"checkpoint has model.depth = 18, this run 34; model.width_multiplier = 0.125, "
+  assert ("checkpoint has model.depth = 18, this run 34; model.width_multiplier = 0.125, "
           "this run 0.25" in proc.stderr), proc.stderr[-3000:]
   assert "Event loop is closed" not in proc.stderr
   for f, data in before.items():

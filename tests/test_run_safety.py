@@ -6,17 +6,16 @@ evaluations they cannot run."""
 import logging
 import os
 import signal
-import types
 
 import numpy as np
 import pytest
 
 from configs import base
 from simclr_jax import checkpointing
+from simclr_jax import loop
 from simclr_jax import pretrained as pretrained_lib
 from simclr_jax import probe
 from simclr_jax import small_data
-from simclr_jax import train
 from tests import pretrained_fixture
 
 FINITE = {"loss": 1.0, "grad_norm": 1.0, "param_norm": 1.0}
@@ -33,30 +32,27 @@ def damage(step_dir: str) -> None:
 
 def test_non_finite_message_says_what_is_on_disk(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=3, async_save=False)
-  train.check_finite(1, FINITE, ckpt)
-  with pytest.raises(train.NonFiniteError,
+  loop.check_finite(1, FINITE, ckpt)
+  with pytest.raises(loop.NonFiniteError,
                      match=r"loss = nan at step 5: no checkpoint was written to .*rerunning "
                            "starts from step 0"):
-    train.check_finite(5, {**FINITE, "loss": float("nan")}, ckpt)
+    loop.check_finite(5, {**FINITE, "loss": float("nan")}, ckpt)
   ckpt.save(4, {"w": np.zeros(3, np.float32)}, {})
   ckpt.wait()
-  with pytest.raises(train.NonFiniteError,
+  with pytest.raises(loop.NonFiniteError,
                      match="param_norm = inf at step 6: the latest checkpoint is step 4 in "):
-    train.check_finite(6, {**FINITE, "param_norm": float("inf")}, ckpt)
+    loop.check_finite(6, {**FINITE, "param_norm": float("inf")}, ckpt)
   ckpt.close()
 
 
 def test_failing_evaluation_is_reported_and_the_run_goes_on(caplog):
-  written = []
-  log = types.SimpleNamespace(write=lambda step, metrics: written.append((step, metrics)))
-
   def broken():
     raise ValueError("k must be at most the class count")
   with caplog.at_level(logging.ERROR):
-    train.evaluate_safely("Online-probe evaluation", 10, broken, log)
+    assert loop.evaluate_safely("Online-probe evaluation", 10, broken) is None
   assert "Online-probe evaluation at step 10 failed (ValueError: k must be" in caplog.text
-  train.evaluate_safely("kNN monitor", 12, lambda: {"knn_top1": 0.5}, log)
-  assert written == [(12, {"knn_top1": 0.5})]
+  assert loop.evaluate_safely("kNN monitor", 12, lambda: {"knn_top1": 0.5}) == {
+      "knn_top1": 0.5}
 
 
 def save_pretraining_checkpoints(workdir: str, steps) -> None:
@@ -135,15 +131,16 @@ class FakeSource:
 
 def _config(shots=5, final=True):
   c = base.get_config()
-  c.probe.shots, c.probe.final = shots, final
+  c.evals.linear_probes.shots = shots
+  c.evals.linear_probes.every_steps = 0 if final else -1
   return c
 
 
 @pytest.mark.parametrize("counts,num_eval,expected,notes", [
     ([9, 9, 9], 3, dict(top5=False), ["3 classes: top-5 accuracy is not reported"]),
     ([9, 4, 2], 3, dict(top5=False, few_shot=False),
-     ["2 class(es) of split 'train' have fewer than probe.shots = 5 images (dog: 4, eel: 2)"
-      ": the final 5-shot probe is skipped"]),
+     ["2 class(es) of split 'train' have fewer than evals.linear_probes.shots = 5 images "
+      "(dog: 4, eel: 2): the final 5-shot probe is skipped"]),
     ([9, 0, 0], 3, dict(top5=False, probes=False, few_shot=False),
      ["images of 1 class(es): the final linear probes (at least 2) are skipped"]),
     ([9, 9, 9], 0, dict(top5=False, eval_split=False, probes=False, few_shot=False),

@@ -1,7 +1,7 @@
 """A small custom image folder from the command line: fewer than 5 classes, a class
-with fewer training images than probe.shots and a damaged JPEG. Pretraining runs to the
-end with its evaluations, says once at the start what it skips, and reports the
-damaged file once."""
+with fewer training images than evals.linear_probes.shots and a damaged JPEG. Pretraining
+runs to the end with its evaluations, says once at the start what it skips, and reports
+the damaged file once."""
 
 import os
 
@@ -37,14 +37,16 @@ def test_small_folder_pretrains_and_skips_what_it_cannot_evaluate(tmp_path):
   workdir = str(tmp_path / "run")
   proc = cli.run_main("configs/digits.py", workdir, *cli.TINY, f"--config.dataset=folder:{root}",
                       "--config.batch_size=8", "--config.eval_batch_size=8",
-                      "--config.num_train_steps=4", "--config.eval_every_steps=2",
+                      "--config.num_train_steps=4",
+                      "--config.evals.online_probe.every_steps=2",
                       "--config.checkpoint_every_steps=2", "--config.log_every_steps=2",
-                      "--config.probe.final=True", "--config.probe.draws=2",
-                      "--config.probe.random_init_baseline=False")
+                      "--config.evals.linear_probes.every_steps=0",
+                      "--config.evals.linear_probes.draws=2",
+                      "--config.evals.linear_probes.random_init_baseline=False")
   out = proc.stderr
   assert "'folder:" + root + "' has 3 classes: top-5 accuracy is not reported" in out
-  assert ("1 class(es) of split 'train' have fewer than probe.shots = 5 images (eel: 2): "
-          "the final 5-shot probe is skipped") in out
+  assert ("1 class(es) of split 'train' have fewer than evals.linear_probes.shots = 5 images "
+          "(eel: 2): the final 5-shot probe is skipped") in out
   assert out.count("skipped 1 file(s) that are not decodable images") == 1
   assert broken in out
   for noise in ("Premature end of JPEG", "Ignoring error", "Corrupt JPEG"):

@@ -31,7 +31,7 @@ def sweep_config(**changes):
   c.dataset = "digits"
   del c["num_epochs"]  # re-created with the type of the value given
   c.num_epochs = changes.pop("num_epochs", 10.0)
-  c.probe.final = True
+  c.evals.linear_probes.every_steps = 0
   c.optim.base_lr = 0.8
   for key, value in changes.items():
     *parents, field = key.split(".")
@@ -276,7 +276,8 @@ def test_peak_lr_follows_the_scaling_rule_from_the_config_base_lr(tmp_path, scal
     ({"batch_size": 64}, {}, "--config.batch_size is set by the sweep's runs"),
     ({"num_epochs": 3}, {}, "--config.num_epochs is set by the sweep's runs"),
     ({}, {"num_train_steps": 100}, "num_train_steps = 100 would override"),
-    ({}, {"probe.final": False}, "config.probe.final = True"),
+    ({}, {"evals.linear_probes.every_steps": -1},
+     "config.evals.linear_probes.every_steps >= 0"),
     ({}, {"num_epochs": 10}, "num_epochs is an int field: write it as a float"),
     ({}, {"loss.temperature": 0.0}, "config.loss.temperature = 0.0"),
 ])
@@ -468,8 +469,8 @@ def test_real_sweep_end_to_end_then_rerun_skips(tmp_path):
              "--grid", "loss.temperature=0.3", "--grid", "loss.hidden_norm=True,False",
              "--config.num_train_steps=3", "--config.model.width_multiplier=0.125",
              "--config.data.image_size=16", "--config.batch_size=32",
-             "--config.model.proj_dim=16", "--config.probe.draws=1",
-             "--config.probe.random_init_baseline=False"]
+             "--config.model.proj_dim=16", "--config.evals.linear_probes.draws=1",
+             "--config.evals.linear_probes.random_init_baseline=False"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
 

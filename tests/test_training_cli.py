@@ -28,7 +28,7 @@ def test_paper_configs_run_on_mock_data(tmp_path, config, overrides):
   run_worker("main_with_mock_data.py", "64", "--", f"--config={config}",
              f"--workdir={workdir}", "--config.batch_size=16", "--config.eval_batch_size=16",
              "--config.model.width_multiplier=0.125", "--config.num_train_steps=3",
-             "--config.log_every_steps=1", "--config.eval_every_steps=3",
+             "--config.log_every_steps=1", "--config.evals.online_probe.every_steps=3",
              "--config.data.shuffle_buffer=16", *overrides, devices=2)
   records = read_metrics(workdir)
   losses = [r["loss"] for r in records if "loss" in r]
@@ -69,7 +69,7 @@ PROGRESS = re.compile(r"step (\d+)/4 \((\d+)%\)  ETA [\dhms]+  \d+ img/s  loss [
 def test_digits_job_writes_probe_table(tmp_path):
   workdir = str(tmp_path)
   args = (*cli.TINY[:-1], "--config.num_train_steps=4", "--config.log_every_steps=2",
-          "--config.probe.draws=2")
+          "--config.evals.linear_probes.draws=2")
   proc = cli.run_main("configs/digits.py", workdir, *args)
   records = read_metrics(workdir)
   final = records[-1]
@@ -111,6 +111,7 @@ def test_dry_run_prints_config_and_plan(tmp_path):
   assert plan["warm-up steps"] == str(round(3 * 1438 // 64))
   assert plan["peak learning rate"] == "0.25" and plan["per-device batch"] == "32"
   assert int(plan["parameters"].replace(",", "")) > 100_000
+  assert plan["evaluations"] == "linear_probes at the end, online_probe every 100 steps"
   assert "temperature: 0.2" in proc.stdout  # the resolved config
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))

@@ -139,10 +139,12 @@ def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
 
 def check_sweep_config(config: ml_collections.ConfigDict) -> None:
   """The sweep reports the final linear probes of pretraining runs."""
-  if config.mode != "pretrain" or not config.probe.final:
-    raise ValueError("the sweep needs config.mode = 'pretrain' and config.probe.final = True "
-                     f"(got {config.mode!r}, {config.probe.final}): the final linear probes "
-                     "are the accuracy it reports")
+  every = config.evals.linear_probes.every_steps if "evals" in config else None
+  if config.mode != "pretrain" or every is None or every < 0:
+    raise ValueError("the sweep needs config.mode = 'pretrain' and "
+                     "config.evals.linear_probes.every_steps >= 0 (0: at the end) "
+                     f"(got {config.mode!r}, {every}): the final linear probes are the "
+                     "accuracy it reports")
 
 
 def plan(config: ml_collections.ConfigDict, config_file: str, overrides: dict,

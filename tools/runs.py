@@ -19,7 +19,7 @@ from absl import logging
 
 from tools.grid import RunSpec
 
-# The record pretrain_and_probe writes last, once the run is complete.
+# In the record of the last step's evaluations (evals.linear_probes), once the run is complete.
 FINAL_KEY = "linear_probe_top1"
 RUN_FILE = "sweep_run.json"  # per-run: its command and each invocation's wall time
 LOG_FILE = "sweep_log.txt"  # per-run: main.py's stdout and stderr, appended

@@ -31,7 +31,6 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_jax import config_lib
-from simclr_jax import data
 from simclr_jax import knn
 from simclr_jax import parallel
 from simclr_jax import probe
