@@ -164,7 +164,7 @@ def test_every_config_is_valid_and_holds_only_its_modes_groups(name):
 
 def test_evaluation_bases_carry_no_pretraining_groups():
   pretraining_only = set(base.get_config()) - COMMON_FIELDS - {"augment", "knn", "export"}
-  assert pretraining_only >= {"model", "loss", "optim", "probe", "batch_size", "num_epochs",
+  assert pretraining_only >= {"model", "loss", "optim", "evals", "batch_size", "num_epochs",
                               "num_train_steps"}
   for config in (base.linear_eval_config(), base.finetune_config()):
     assert not pretraining_only & set(config), config.mode
