@@ -165,10 +165,14 @@ def test_probe_without_few_shot():
 
 
 def test_first_ctrl_c_asks_for_a_save_the_second_interrupts():
-  before = signal.getsignal(signal.SIGINT)
-  with checkpointing.PreemptionFlag() as flag:
-    os.kill(os.getpid(), signal.SIGINT)
-    assert flag.requested
-    with pytest.raises(KeyboardInterrupt):
+  # Python's own Ctrl-C handler, as in main.py (a test worker's may have been replaced).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with checkpointing.PreemptionFlag() as flag:
       os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is before
+      assert flag.requested
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
