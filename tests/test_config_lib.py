@@ -31,10 +31,7 @@ def _config(name):
 
 
 def _set(config, field, value):
-  *groups, name = field.split(".")
-  for group in groups:
-    config = config[group]
-  config[name] = value
+  config.update_from_flattened_dict({field: value})
 
 
 # --- the allowed values: one tuple each, the implementing module's ---------------------

@@ -285,11 +285,7 @@ def test_evaluation_config_errors(mode, field, value, match):
             "knn": base.get_config}[mode]()
   config.mode = mode
   config_lib.validate(config)  # the base is valid
-  *groups, name = field.split(".")
-  target = config
-  for group in groups:
-    target = target[group]
-  target[name] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(config)
 

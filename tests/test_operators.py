@@ -240,10 +240,6 @@ def test_bad_augment_fields_are_named(field, value, message):
   c = base.get_config()
   c.augment.blur = True  # on the device (the default blur_on)
   config_lib.validate(c)
-  *path, name = field.split(".")
-  group = c
-  for part in path:
-    group = group[part]
-  group[name] = value
+  c.update_from_flattened_dict({field: value})
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(c)

@@ -33,12 +33,7 @@ def sweep_config(**changes):
   c.num_epochs = changes.pop("num_epochs", 10.0)
   c.evals.linear_probes.every_steps = 0
   c.optim.base_lr = 0.8
-  for key, value in changes.items():
-    *parents, field = key.split(".")
-    target = c
-    for parent in parents:
-      target = target[parent]
-    target[field] = value
+  c.update_from_flattened_dict(changes)
   return c
 
 

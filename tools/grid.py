@@ -131,10 +131,7 @@ def grid_points(axes: Sequence[Axis]) -> list[Point]:
 
 
 def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
-  *parents, leaf = field.split(".")
-  for parent in parents:
-    config = config[parent]
-  config[leaf] = value
+  config.update_from_flattened_dict({field: value})
 
 
 def check_sweep_config(config: ml_collections.ConfigDict) -> None:

@@ -22,7 +22,6 @@ batches; default 2048), noise_sigma (0.1, on [0, 1] pixel values), seed (0) and 
 """
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -34,36 +33,29 @@ from simclr_jax import config_lib
 from simclr_jax import knn
 from simclr_jax import parallel
 from simclr_jax import probe
-from simclr_jax.augment.color import GRAY_WEIGHTS
+from simclr_jax.augment import color
+from simclr_jax.augment import operators
 from simclr_jax.parallel import REPLICATED, SPLIT
 
 CLASSES = {"color": 2, "rotation": 4, "noise": 2, "sobel": 2}
 DEFAULTS = dict(max_images=2048, noise_sigma=0.1, seed=0, tasks=",".join(CLASSES))
-SOBEL_MAX = 4.0 * math.sqrt(2.0)  # the largest gradient magnitude of a [0, 1] image
+SOBEL_MAX = 1.0 / operators.SOBEL_SCALE  # the largest gradient magnitude of a [0, 1] image
 
 
+# The training-time operators (augment/), on host arrays.
 def grayscale(images: np.ndarray) -> np.ndarray:
   """[N, H, W, 3] -> luma (tf.image.rgb_to_grayscale's weights) kept as 3 channels."""
-  gray = images @ np.asarray(GRAY_WEIGHTS, np.float32)
-  return np.repeat(gray[..., None], 3, axis=-1)
+  return color.to_grayscale(tf.constant(images)).numpy()
 
 
 def sobel(images: np.ndarray) -> np.ndarray:
-  """[N, H, W, 3] -> |Sobel gradient| of the grayscale / SOBEL_MAX, 3 channels.
-
-  tf.image.sobel_edges: 3x3 kernels, reflect padding.
-  """
-  edges = tf.image.sobel_edges(tf.constant(grayscale(images)[..., :1]))  # [N, H, W, 1, 2]
-  magnitude = tf.norm(edges[..., 0, :], axis=-1).numpy() / SOBEL_MAX
-  return np.repeat(magnitude[..., None], 3, axis=-1).astype(np.float32)
+  """[N, H, W, 3] -> |Sobel gradient| of the grayscale / SOBEL_MAX, 3 channels."""
+  return operators.sobel(tf.constant(images)).numpy()
 
 
 def rotate(images: np.ndarray, k: np.ndarray) -> np.ndarray:
   """Image i rotated by k[i] x 90 degrees counter-clockwise (square images)."""
-  out = images.copy()
-  for quarter in range(1, 4):
-    out[k == quarter] = np.rot90(images[k == quarter], quarter, axes=(1, 2))
-  return out
+  return operators.rotate90(tf.constant(images), tf.constant(k)).numpy()
 
 
 def add_noise(images: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
